@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine:  make demo  and  make test.
+# Both create the virtual environment in .venv first if it is missing or out of date.
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := outputs/demo
+export ELT_ROOT := $(CURDIR)
+
+.PHONY: install demo demo-maskgit demo-dit test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: demo-maskgit
+
+# MaskGIT-ELT with ILSD on the embedded digits, then samples at every loop count.
+demo-maskgit: install
+	$(PY) train.py experiment=digits_maskgit hydra.run.dir=$(DEMO)/maskgit_ilsd
+	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_ilsd/eval
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) benchmarks/ilsd_overhead.py
+
+clean:
+	rm -rf outputs logs

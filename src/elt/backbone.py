@@ -1,0 +1,142 @@
+"""The looped backbone shared by every model family.
+
+A block of N unique transformer layers is applied L times with the same weights
+(F_{N,L}(x) = g^L(x)). The loop count is an argument of every forward, and the backbone hands
+back its state after any requested loops ("exits") from a single pass: ILSD's student and teacher,
+validation at every loop count and early exit are all that one mechanism.
+
+Two conditioning modes share the code: ``cond_dim=None`` gives plain pre-LN blocks (MaskGIT-ELT
+puts its class token in the sequence); ``cond_dim=D`` gives DiT's adaLN-Zero blocks, whose
+modulation is computed once per network evaluation and reused by every loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer layer; with ``cond_dim`` it is DiT's adaLN-Zero block."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, cond_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        affine = cond_dim is None  # adaLN supplies shift/scale, so the norms carry no affine params
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=affine, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=affine, eps=1e-6)
+        self.fc1 = nn.Linear(width, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, width)
+        self.modulation = (
+            nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width)) if cond_dim is not None else None
+        )
+
+    def modulation_params(self, cond: torch.Tensor | None):
+        if self.modulation is None:
+            return None
+        return self.modulation(cond).chunk(6, dim=-1)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+    def forward(self, x: torch.Tensor, mod=None) -> torch.Tensor:
+        if mod is None:
+            x = x + self.attention(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod
+        x = x + gate1.unsqueeze(1) * self.attention(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class LoopedBackbone(nn.Module):
+    """N unique blocks looped L times; ``forward(x, loops, exits)`` returns the states at ``exits``.
+
+    ``Lmax`` only sets the init scale (effective training depth N·Lmax); any ``loops`` ≥ 1 runs,
+    including extrapolation beyond Lmax. Input re-injection and a loop-index embedding are offered
+    as options (related work uses them); the paper's formula has neither, so both default to off.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        N: int,
+        mlp_dim: int,
+        Lmax: int = 1,
+        cond_dim: int | None = None,
+        input_injection: bool = False,
+        loop_embedding: bool = False,
+        max_loop_embeddings: int = 64,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        self.width, self.heads, self.N, self.mlp_dim, self.cond_dim = width, heads, N, mlp_dim, cond_dim
+        self.input_injection = input_injection
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_dim, cond_dim, dropout) for _ in range(N))
+        self.loop_embed = nn.Parameter(torch.zeros(max_loop_embeddings, width)) if loop_embedding else None
+        self.init_weights(effective_depth=N * Lmax)
+
+    def init_weights(self, effective_depth: int) -> None:
+        # GPT-2 style: without it, the digits prototype stayed on the per-pixel plateau (calibration.md).
+        residual_std = 0.02 / math.sqrt(2 * effective_depth)
+        for blk in self.blocks:
+            for lin in (blk.qkv, blk.fc1):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+            for lin in (blk.proj, blk.fc2):
+                nn.init.normal_(lin.weight, std=residual_std)
+                nn.init.zeros_(lin.bias)
+            if blk.modulation is not None:  # adaLN-Zero: every block starts as the identity
+                nn.init.zeros_(blk.modulation[-1].weight)
+                nn.init.zeros_(blk.modulation[-1].bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        loops: int,
+        exits: Sequence[int] | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        exits = [loops] if exits is None else list(exits)
+        if loops < 1 or not exits or min(exits) < 1 or max(exits) > loops:
+            raise ValueError(f"need 1 <= exits <= loops, got loops={loops}, exits={exits}")
+        if (cond is None) != (self.cond_dim is None):
+            raise ValueError("cond must be given exactly when the backbone was built with cond_dim")
+        mods = [blk.modulation_params(cond) for blk in self.blocks]  # once per network evaluation
+        wanted, states, x0 = set(exits), {}, x
+        for loop in range(1, max(exits) + 1):  # nothing after the last exit is computed
+            if self.input_injection and loop > 1:
+                x = x + x0
+            if self.loop_embed is not None:
+                x = x + self.loop_embed[min(loop, len(self.loop_embed)) - 1]
+            for blk, mod in zip(self.blocks, mods):
+                x = blk(x, mod)
+            if loop in wanted:
+                states[loop] = x
+        return [states[e] for e in exits]
+
+    def flops(self, seq_len: int, loops: int) -> float:
+        """Analytic matmul FLOPs of one forward at batch 1 (multiply-add = 2)."""
+        d, m, s = self.width, self.mlp_dim, seq_len
+        per_block = 2 * s * d * 3 * d + 2 * 2 * s * s * d + 2 * s * d * d + 2 * 2 * s * d * m
+        modulation = self.N * 2 * self.cond_dim * 6 * d if self.cond_dim is not None else 0
+        return float(per_block * self.N * loops + modulation)

@@ -1,0 +1,36 @@
+"""Config checks that fail before any work starts, with one line naming the bad key."""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _int(cfg: DictConfig, key: str, minimum: int) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def validate_train(cfg: DictConfig) -> None:
+    _int(cfg, "N", 1)
+    lmax = _int(cfg, "Lmax", 1)
+    width, heads = _int(cfg, "scale.width", 1), _int(cfg, "scale.heads", 1)
+    if width % heads:
+        raise ConfigError(f"scale.width ({width}) must be divisible by scale.heads ({heads})")
+    _int(cfg, "data.batch_size", 1)
+    ilsd = cfg.ilsd
+    if ilsd.enabled and lmax > 1:
+        lmin = _int(cfg, "ilsd.Lmin", 1)
+        if lmin >= lmax:
+            raise ConfigError(f"ilsd.Lmin must be < Lmax (student exits strictly before the teacher), got Lmin={lmin}, Lmax={lmax}")
+    if ilsd.schedule not in ("linear", "cosine", "constant"):
+        raise ConfigError(f"ilsd.schedule must be linear, cosine or constant, got {ilsd.schedule!r}")
+    if not 0 < float(ilsd.span) <= 1 or not 0 <= float(ilsd.start) < 1:
+        raise ConfigError(f"ilsd.span must be in (0, 1] and ilsd.start in [0, 1), got span={ilsd.span}, start={ilsd.start}")
+    steps = OmegaConf.select(cfg, "trainer.max_steps")
+    if not cfg.trainer.get("fast_dev_run") and (not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"trainer.max_steps must be an integer >= 1, got {steps!r}")

@@ -1,0 +1,3 @@
+from elt.data.digits import DigitsDataModule
+
+__all__ = ["DigitsDataModule"]

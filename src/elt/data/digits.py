@@ -1,0 +1,63 @@
+"""The embedded dataset: scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes,
+17 gray levels). Real data that ships inside the wheel, so the demo and tests need no download.
+"""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class ImageLabelDataset(Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": int(self.labels[i])}
+
+
+def digits_split(val_per_class: int = 30, seed: int = 0):
+    """Fixed, class-stratified split: ``val_per_class`` images of each digit held out."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # [n,1,8,8] in [0,1]
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    rng = np.random.default_rng(seed)
+    val_idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(d.target == c))[:val_per_class] for c in range(10)]
+    )
+    is_val = np.zeros(len(labels), dtype=bool)
+    is_val[val_idx] = True
+    tr, va = torch.from_numpy(~is_val), torch.from_numpy(is_val)
+    return ImageLabelDataset(images[tr], labels[tr]), ImageLabelDataset(images[va], labels[va])
+
+
+class DigitsDataModule(L.LightningDataModule):
+    name = "digits"
+    num_classes = 10
+    image_shape = (1, 8, 8)
+
+    def __init__(self, batch_size: int = 128, val_per_class: int = 30, split_seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.val_per_class, self.split_seed = batch_size, val_per_class, split_seed
+        self.num_workers = num_workers
+        self.train_dataset = self.val_dataset = None
+
+    def setup(self, stage: str | None = None):
+        if self.train_dataset is None:
+            self.train_dataset, self.val_dataset = digits_split(self.val_per_class, self.split_seed)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 300), shuffle=False,
+                          num_workers=self.num_workers)

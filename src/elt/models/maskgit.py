@@ -1,0 +1,149 @@
+"""MaskGIT-ELT: class-conditional masked token modelling on the looped backbone.
+
+Bidirectional transformer over [class token, image tokens]; loss = cross-entropy on the masked
+positions (cosine mask ratio); 10% label drop trains the null class used by guidance. The sampler
+is MaskGIT's parallel decoding and takes ``loops=L`` like everything else.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import trange
+
+from elt.backbone import LoopedBackbone
+from elt.models.base import LoopedGenerativeModule
+from elt.tokenizers import Tokenizer
+
+
+def cosine_schedule(ratio: torch.Tensor | float):
+    """Fraction of tokens still masked at ``ratio`` ∈ [0, 1] of the way through decoding."""
+    return torch.cos(torch.as_tensor(ratio) * math.pi / 2)
+
+
+def gumbel(shape, generator, device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device)
+    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+
+
+class MaskGITELT(LoopedGenerativeModule):
+    DEFAULT_SAMPLER = dict(
+        steps=8,
+        temperature_start=1.0,  # token sampling temperature, linear from start to end over steps;
+        temperature_end=1.0,  # the paper's rule 0.5 + 0.8·(1 − (k+1)/K) is start=1.3, end=0.5
+        choice_temperature=4.5,  # Gumbel noise on confidence, annealed to 0 (MaskGIT)
+        cfg_scale=1.0,  # guided = uncond + s·(cond − uncond): 1 = plain conditional, 0 = unconditional
+    )
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        num_classes: int,
+        N: int,
+        Lmax: int,
+        width: int,
+        heads: int,
+        mlp_dim: int,
+        ilsd: dict | None = None,
+        optimizer=None,
+        scheduler: dict | None = None,
+        label_drop: float = 0.1,
+        sampler: dict | None = None,
+        input_injection: bool = False,
+        loop_embedding: bool = False,
+        dropout: float = 0.0,
+        name: str = "maskgit_elt",
+    ):
+        super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters(logger=False, ignore=["tokenizer", "optimizer"])
+        self.tokenizer = tokenizer
+        self.label_drop = float(label_drop)
+        self.sampler_defaults = {**self.DEFAULT_SAMPLER, **dict(sampler or {})}
+        vocab, seq = tokenizer.vocab_size, tokenizer.num_tokens
+        self.mask_id = vocab
+        self.token_embed = nn.Embedding(vocab + 1, width)  # + [MASK]
+        self.class_embed = nn.Embedding(num_classes + 1, width)  # + null class for guidance
+        self.pos_embed = nn.Parameter(torch.zeros(1, seq + 1, width))
+        self.backbone = LoopedBackbone(
+            width, heads, N, mlp_dim, Lmax=Lmax, input_injection=input_injection,
+            loop_embedding=loop_embedding, dropout=dropout,
+        )
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab))  # shared by every exit
+        for t in (self.token_embed.weight, self.class_embed.weight, self.pos_embed, self.head[1].weight):
+            nn.init.normal_(t, std=0.02)
+        nn.init.zeros_(self.head[1].bias)
+
+    # ---- network -----------------------------------------------------------------------------
+    def predict(self, inputs, loops: int, exits: list[int]) -> list[torch.Tensor]:
+        h = torch.cat([self.class_embed(inputs["labels"])[:, None], self.token_embed(inputs["tokens"])], dim=1)
+        states = self.backbone(h + self.pos_embed, loops=loops, exits=exits)
+        return [self.head(s[:, 1:]) for s in states]  # logits [B, T, vocab]
+
+    def flops_per_eval(self, loops: int) -> float:
+        seq, vocab, width = self.tokenizer.num_tokens, self.tokenizer.vocab_size, self.backbone.width
+        return self.backbone.flops(seq + 1, loops) + 2.0 * seq * width * vocab
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_inputs(self, batch, generator: torch.Generator | None = None):
+        tokens = self.tokenizer.encode(batch["image"])
+        labels = batch["label"]
+        b, t = tokens.shape
+        dev = tokens.device
+        n_masked = torch.ceil(cosine_schedule(torch.rand(b, generator=generator, device=dev)) * t).long().clamp(1, t)
+        rank = torch.rand(b, t, generator=generator, device=dev).argsort(1).argsort(1)
+        mask = rank < n_masked[:, None]
+        if self.training and self.label_drop > 0:
+            drop = torch.rand(b, generator=generator, device=dev) < self.label_drop
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        inputs = {"tokens": torch.where(mask, torch.full_like(tokens, self.mask_id), tokens), "labels": labels}
+        return inputs, {"tokens": tokens, "mask": mask}
+
+    def task_loss(self, logits, targets) -> torch.Tensor:
+        m = targets["mask"]
+        return F.cross_entropy(logits[m].float(), targets["tokens"][m])
+
+    def distill_loss(self, student_logits, teacher_logits, targets) -> torch.Tensor:
+        """Cross-entropy against the teacher's full softmax, on the masked positions."""
+        m = targets["mask"]
+        p_teacher = teacher_logits[m].float().softmax(-1)
+        return -(p_teacher * student_logits[m].float().log_softmax(-1)).sum(-1).mean()
+
+    # ---- sampling ------------------------------------------------------------------------------
+    def guided_logits(self, tokens, labels, loops: int, cfg_scale: float) -> torch.Tensor:
+        if cfg_scale == 1.0:
+            (logits,) = self.predict({"tokens": tokens, "labels": labels}, loops, [loops])
+            return logits.float()
+        null = torch.full_like(labels, self.num_classes)
+        both = {"tokens": torch.cat([tokens, tokens]), "labels": torch.cat([labels, null])}
+        cond, uncond = self.predict(both, loops, [loops])[0].float().chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, loops: int, generator: torch.Generator | None = None,
+               progress: bool = False, **overrides) -> torch.Tensor:
+        """MaskGIT parallel decoding with the same loop count at every step."""
+        cfg = self.sampler_config(**overrides)
+        steps, dev = int(cfg["steps"]), self.device
+        labels = labels.to(dev)
+        b, t = len(labels), self.tokenizer.num_tokens
+        tokens = torch.full((b, t), self.mask_id, dtype=torch.long, device=dev)
+        for k in trange(steps, disable=not progress, desc=f"decode L={loops}", leave=False):
+            logits = self.guided_logits(tokens, labels, loops, float(cfg["cfg_scale"]))
+            ratio = (k + 1) / steps
+            temp = cfg["temperature_end"] + (cfg["temperature_start"] - cfg["temperature_end"]) * (1 - ratio)
+            sampled = (logits / max(temp, 1e-6) + gumbel(logits.shape, generator, dev)).argmax(-1)
+            unknown = tokens == self.mask_id
+            sampled = torch.where(unknown, sampled, tokens)
+            if k == steps - 1:
+                tokens = sampled
+                break
+            conf = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)
+            conf = conf + cfg["choice_temperature"] * (1 - ratio) * gumbel(conf.shape, generator, dev)
+            conf = torch.where(unknown, conf, torch.full_like(conf, float("inf")))
+            n_sched = torch.floor(cosine_schedule(ratio) * t).long().to(dev)
+            n_mask = torch.clamp(torch.minimum(unknown.sum(1) - 1, n_sched), min=1)
+            remask = conf.argsort(1).argsort(1) < n_mask[:, None]  # the least confident
+            tokens = torch.where(remask, torch.full_like(sampled, self.mask_id), sampled)
+        return self.tokenizer.decode(tokens)

@@ -1,0 +1,43 @@
+"""The training job: everything train.py runs, importable so tests drive the real thing."""
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from elt.config import validate_train
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Callbacks / loggers: every entry of the group that has a ``_target_``."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit the configured model; returns the final logged metrics and the checkpoint path."""
+    validate_train(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    datamodule = instantiate(cfg.data.module)
+    model = instantiate(cfg.model)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    model.elt_config = resolved
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s: %s N=%d Lmax=%d, %.2fM parameters", cfg.run_name, type(model).__name__, cfg.N, cfg.Lmax, n_params / 1e6)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt = next((c for c in trainer.checkpoint_callbacks if c.last_model_path), None)
+    return {"metrics": metrics, "ckpt_path": ckpt.last_model_path if ckpt else None, "num_params": n_params}
