@@ -28,7 +28,6 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path | None 
         if output_dir is not None:
             with open_dict(cfg):
                 cfg.paths.output_dir = str(output_dir)
-                cfg.hydra.runtime.output_dir = str(output_dir)
     return cfg
 
 

@@ -17,7 +17,7 @@ def load_run(ckpt_path, map_location: str = "cpu") -> tuple[torch.nn.Module, Dic
     if "elt_config" not in ckpt:
         raise ValueError(f"checkpoint {path} has no 'elt_config' (not written by this project's train.py)")
     cfg = OmegaConf.create(ckpt["elt_config"])
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, _convert_="all")  # plain containers: checkpoints load with weights_only
     model.load_state_dict(ckpt["state_dict"])
     model.elt_config = ckpt["elt_config"]
     return model.eval(), cfg

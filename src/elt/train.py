@@ -20,15 +20,23 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's config as a plain dict (stored in checkpoints and logged), minus Hydra's own node."""
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit the configured model; returns the final logged metrics and the checkpoint path."""
     validate_train(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = instantiate(cfg.data.module)
-    model = instantiate(cfg.model)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("hydra", None)
+    model = instantiate(cfg.model, _convert_="all")  # plain containers: checkpoints load with weights_only
+    resolved = resolved_config(cfg)
     model.elt_config = resolved
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))

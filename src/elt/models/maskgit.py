@@ -24,8 +24,8 @@ def cosine_schedule(ratio: torch.Tensor | float):
 
 
 def gumbel(shape, generator, device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
 
 
 class MaskGITELT(LoopedGenerativeModule):

@@ -1,0 +1,102 @@
+"""ILSD training-step time / plain Lmax training-step time, same model, batch and machine.
+
+ILSD's student is a prefix of the teacher's pass, so the extra cost should be only the shared head
+at one more exit and two more loss terms. Repetitions of the two step kinds are interleaved and the
+median ratio reported, because this machine's speed drifts. Results go to benchmarks/results/.
+
+    python benchmarks/ilsd_overhead.py [--families maskgit dit] [--reps 7] [--steps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from elt.models import MaskGITELT  # noqa: E402
+from elt.tokenizers import PixelAutoencoder, PixelTokenizer  # noqa: E402
+
+
+def build(family: str, width: int, N: int, Lmax: int):
+    """The digits demo's model shapes (width 128, 4 heads, N=2, Lmax=4)."""
+    common = dict(num_classes=10, N=N, Lmax=Lmax, width=width, heads=4, mlp_dim=4 * width, ilsd={"enabled": True})
+    if family == "maskgit":
+        return MaskGITELT(PixelTokenizer(17, (1, 8, 8)), **common)
+    if family == "dit":
+        from elt.models import DiTELT
+
+        return DiTELT(PixelAutoencoder((1, 8, 8)), **common)
+    raise SystemExit(f"unknown family {family!r} (maskgit, dit)")
+
+
+def step_time(model, opt, batch, ilsd: bool, steps: int) -> float:
+    model.ilsd_enabled = ilsd
+    model.ilsd_lambda = 0.5  # both ILSD terms live
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss, _ = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - start) / steps
+
+
+def measure(family: str, args) -> dict:
+    torch.manual_seed(0)
+    model = build(family, args.width, args.N, args.Lmax).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randint(0, 17, (args.batch, 1, 8, 8), generator=g).float() / 16,
+             "label": torch.randint(0, 10, (args.batch,), generator=g)}
+    step_time(model, opt, batch, True, 2)  # warm-up
+    step_time(model, opt, batch, False, 2)
+    plain, ilsd, ratios = [], [], []
+    for rep in range(args.reps):
+        order = (False, True) if rep % 2 == 0 else (True, False)
+        times = {kind: step_time(model, opt, batch, kind, args.steps) for kind in order}
+        plain.append(times[False])
+        ilsd.append(times[True])
+        ratios.append(times[True] / times[False])
+    return {
+        "family": family, "width": args.width, "N": args.N, "Lmax": args.Lmax, "batch": args.batch,
+        "plain_step_s": statistics.median(plain), "ilsd_step_s": statistics.median(ilsd),
+        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "target": 1.05,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", nargs="+", default=["maskgit", "dit"])
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--N", type=int, default=2)
+    p.add_argument("--Lmax", type=int, default=4)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ilsd_overhead.json"))
+    args = p.parse_args()
+    rows = [measure(f, args) for f in args.families]
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    lines = ["| family | N×L | batch | plain step (s) | ILSD step (s) | ILSD / plain (median, min–max) | target |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['N']}N×{r['Lmax']}L w{r['width']} | {r['batch']} | {r['plain_step_s']:.3f} | "
+                     f"{r['ilsd_step_s']:.3f} | {r['ratio_median']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | ≤ {r['target']} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from elt.backbone import LoopedBackbone
+
+
+def make(N=2, Lmax=3, **kw):
+    torch.manual_seed(0)
+    return LoopedBackbone(width=32, heads=4, N=N, mlp_dim=64, Lmax=Lmax, **kw)
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_parameter_count_independent_of_loops():
+    counts = {L: n_params(make(N=3, Lmax=L)) for L in (1, 2, 4, 8)}
+    assert len(set(counts.values())) == 1, counts
+    assert n_params(make(N=6, Lmax=1)) == 2 * n_params(make(N=3, Lmax=1))  # grows with N only
+
+
+def test_L_loops_equal_block_stack_applied_by_hand():
+    net = make(N=2).eval()
+    x = torch.randn(3, 5, 32)
+    for L in (1, 2, 3, 5):
+        (out,) = net(x, loops=L)
+        ref = x
+        for _ in range(L):
+            for blk in net.blocks:
+                ref = blk(ref)
+        torch.testing.assert_close(out, ref)
+
+
+def test_exits_are_prefixes_of_one_pass():
+    net = make(N=2).eval()
+    x = torch.randn(2, 7, 32)
+    exits = net(x, loops=4, exits=[1, 2, 3, 4])
+    for L, state in zip((1, 2, 3, 4), exits):
+        torch.testing.assert_close(state, net(x, loops=L)[0])
+    # order of requested exits is respected and duplicates are fine
+    b, a = net(x, loops=4, exits=[3, 1])
+    torch.testing.assert_close(a, exits[0])
+    torch.testing.assert_close(b, exits[2])
+
+
+def test_extrapolation_beyond_Lmax_runs():
+    net = make(N=2, Lmax=2).eval()
+    (out,) = net(torch.randn(1, 4, 32), loops=6)
+    assert out.shape == (1, 4, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("loops,exits", [(0, None), (2, [3]), (2, []), (3, [0, 1])])
+def test_bad_exits_rejected(loops, exits):
+    with pytest.raises(ValueError, match="exits"):
+        make()(torch.randn(1, 2, 32), loops=loops, exits=exits)
+
+
+def test_adaln_blocks_start_as_identity_and_modulation_runs_once_per_evaluation():
+    net = make(N=3, Lmax=4, cond_dim=16)
+    x, c = torch.randn(2, 5, 32), torch.randn(2, 16)
+    calls = []
+    for blk in net.blocks:
+        blk.modulation.register_forward_hook(lambda *a: calls.append(1))
+    (out,) = net(x, loops=4, cond=c)
+    torch.testing.assert_close(out, x)  # adaLN-Zero: gates are zero at init
+    assert len(calls) == 3  # N modulations, not N·L: conditioning is reused by every loop
+    with pytest.raises(ValueError, match="cond"):
+        net(x, loops=1)
+
+
+def test_residual_branches_start_small():
+    """GPT-2 init: residual output projections scaled by 1/sqrt(2·N·Lmax)."""
+    net = make(N=4, Lmax=4)
+    std_proj = torch.stack([b.proj.weight.std() for b in net.blocks]).mean()
+    std_qkv = torch.stack([b.qkv.weight.std() for b in net.blocks]).mean()
+    assert abs(std_qkv - 0.02) < 0.003
+    assert abs(std_proj - 0.02 / (2 * 16) ** 0.5) < 0.001
+    x = torch.randn(4, 8, 32)
+    (out,) = net.eval()(x, loops=4)
+    assert (out - x).norm() / x.norm() < 0.5  # near identity, not exploding
+
+
+def test_options_input_injection_and_loop_embedding_change_the_function():
+    x = torch.randn(2, 4, 32)
+    plain = make()(x, loops=3)[0]
+    inj = make(input_injection=True)(x, loops=3)[0]
+    assert not torch.allclose(plain, inj)
+    emb_net = make(loop_embedding=True)
+    torch.testing.assert_close(emb_net(x, loops=3)[0], plain)  # zero-init embedding: same start
+    with torch.no_grad():
+        emb_net.loop_embed.normal_()
+    assert not torch.allclose(emb_net(x, loops=3)[0], plain)
+    emb_net(x, loops=100)  # beyond the embedding table: reuses its last row
+
+
+def test_flops_grow_linearly_with_loops():
+    net = make(N=2)
+    f1, f3 = net.flops(10, 1), net.flops(10, 3)
+    assert f3 == pytest.approx(3 * f1)
