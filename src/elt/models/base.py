@@ -132,6 +132,31 @@ class LoopedGenerativeModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self.elt_config = checkpoint.get("elt_config")
 
+    # ---- class conditioning shared by families -----------------------------------------------
+    def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training only: replace ``self.label_drop`` of the labels by the null class (index
+        num_classes), which classifier-free guidance needs as its unconditional model."""
+        rate = float(getattr(self, "label_drop", 0.0))
+        if not self.training or rate <= 0:
+            return labels
+        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < rate
+        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+
+    def guided_predict(self, inputs: dict, loops: int, cfg_scale: float, post=None) -> torch.Tensor:
+        """The prediction at exit ``loops`` under guidance uncond + s·(cond − uncond).
+
+        s = 1 is one plain conditional pass; otherwise conditional and null-class inputs go through
+        ONE evaluation of a doubled batch. ``post(output, inputs)`` maps the raw output to the space
+        guidance is applied in (float logits, x̂0) before the two halves are combined.
+        """
+        post = post or (lambda out, _: out.float())
+        if cfg_scale == 1.0:
+            return post(self.predict(inputs, loops, [loops])[0], inputs)
+        null = torch.full_like(inputs["labels"], self.num_classes)
+        both = {k: torch.cat([v, null if k == "labels" else v]) for k, v in inputs.items()}
+        cond, uncond = post(self.predict(both, loops, [loops])[0], both).chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+
     # ---- sampling helpers shared by families --------------------------------------------------
     def sampler_config(self, **overrides) -> dict:
         cfg = dict(self.sampler_defaults)

@@ -1,0 +1,222 @@
+"""DiT-ELT: class-conditional diffusion whose denoiser is the shared looped backbone.
+
+DiT's layout (facebookresearch/DiT): patchify any (C, H, W) latent, add fixed 2-D sin-cos
+positions, condition every block by adaLN-Zero on c = timestep embedding + class embedding (null
+class = index num_classes, 10% label drop), then an adaLN final layer and unpatchify. Here the
+blocks are ``LoopedBackbone(cond_dim=width)``: the modulation is computed from c once per network
+evaluation and reused by every loop, and the final layer is shared by every exit (ILSD's student
+and teacher). The process (shifted-cosine logSNR, x0-prediction, sigmoid-weighted MSE, DDPM/DDIM)
+lives in ``elt.diffusion``; EMA weights live in this module's state_dict and sample by default.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from elt import diffusion as D
+from elt.backbone import LoopedBackbone, modulate
+from elt.ema import EMA
+from elt.models.base import LoopedGenerativeModule
+from elt.tokenizers import Autoencoder
+
+TIME_FREQ_DIM = 256  # DiT's timestep sinusoid width
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoid of t·1000 (DiT's timestep range), [cos | sin] halves."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def sincos_2d(width: int, h: int, w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table [h·w, width]: half the channels encode the row, half the column."""
+    if width % 4:
+        raise ValueError(f"scale.width must be divisible by 4 for 2-D sin-cos positions, got {width}")
+    quarter = width // 4
+    omega = 1.0 / 10_000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+
+    def axis(pos):
+        a = pos.flatten()[:, None] * omega[None]
+        return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
+
+    return torch.cat([axis(cols), axis(rows)], dim=1).float()
+
+
+class DiTELT(LoopedGenerativeModule):
+    DEFAULT_SAMPLER = dict(
+        kind="ddpm",  # ddpm (ancestral) | ddim (deterministic, for fast previews)
+        steps=512,  # paper: 512 DDPM steps
+        cfg_scale=3.0,  # guided = uncond + s·(cond − uncond): 1 = plain conditional, 0 = unconditional
+        clip_x0=None,  # clamp x̂0 to ±clip_x0 each step (pixel data lives in [−1, 1]); None = off
+        ema=True,  # sample from the EMA weights (when the model keeps them)
+    )
+
+    def __init__(
+        self,
+        autoencoder: Autoencoder,
+        num_classes: int,
+        N: int,
+        Lmax: int,
+        width: int,
+        heads: int,
+        mlp_dim: int,
+        patch_size: int = 2,
+        ilsd: dict | None = None,
+        optimizer=None,
+        scheduler: dict | None = None,
+        label_drop: float = 0.1,
+        prediction: str = "x0",
+        schedule: dict | None = None,
+        loss_bias: float = -2.0,
+        learn_sigma: bool = False,
+        ema_decay: float | None = 0.9999,
+        ema_warmup: bool = True,
+        sampler: dict | None = None,
+        input_injection: bool = False,
+        loop_embedding: bool = False,
+        dropout: float = 0.0,
+        name: str = "dit_elt",
+    ):
+        super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters(logger=False, ignore=["autoencoder", "optimizer"])
+        if prediction not in D.PREDICTIONS:
+            raise ValueError(f"model.prediction must be one of {D.PREDICTIONS}, got {prediction!r}")
+        if not 0.0 <= label_drop < 1.0:
+            raise ValueError(f"model.label_drop must be in [0, 1), got {label_drop}")
+        c, h, w = autoencoder.latent_shape
+        if patch_size < 1 or h % patch_size or w % patch_size:
+            raise ValueError(f"model.patch_size ({patch_size}) must divide the latent height and width ({h}, {w})")
+        self.autoencoder = autoencoder
+        self.prediction, self.label_drop, self.loss_bias = prediction, float(label_drop), float(loss_bias)
+        self.patch_size, self.channels = int(patch_size), int(c)
+        self.grid = (h // patch_size, w // patch_size)
+        self.schedule = self.build_schedule(dict(schedule or {}), resolution=h)
+        self.sampler_defaults = {**self.DEFAULT_SAMPLER, **dict(sampler or {})}
+        # learn_sigma: DiT's head also outputs a variance per channel. Our x0 loss ignores it; it is
+        # offered only so that parameter counts can be compared with DiT's published models.
+        self.out_channels = c * (2 if learn_sigma else 1)
+
+        self.patch_embed = nn.Conv2d(c, width, kernel_size=patch_size, stride=patch_size)
+        self.register_buffer("pos_embed", sincos_2d(width, *self.grid)[None], persistent=False)
+        self.time_embed = nn.Sequential(nn.Linear(TIME_FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
+        self.class_embed = nn.Embedding(num_classes + 1, width)  # + null class for guidance
+        self.backbone = LoopedBackbone(
+            width, heads, N, mlp_dim, Lmax=Lmax, cond_dim=width, input_injection=input_injection,
+            loop_embedding=loop_embedding, dropout=dropout,
+        )
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.final_linear = nn.Linear(width, patch_size * patch_size * self.out_channels)
+        self.init_weights()
+        # built last, from every parameter above; None = no EMA (sampling uses the live weights)
+        self.ema = EMA(self.parameters(), ema_decay, ema_warmup) if ema_decay is not None else None
+
+    @staticmethod
+    def build_schedule(cfg: dict, resolution: int) -> D.ShiftedCosineSchedule:
+        known = {"base_resolution", "resolution", "shift", "logsnr_min", "logsnr_max"}
+        if set(cfg) - known:
+            raise ValueError(f"model.schedule: unknown key(s) {sorted(set(cfg) - known)}; known: {sorted(known)}")
+        ends = {k: float(cfg[k]) for k in ("logsnr_min", "logsnr_max") if cfg.get(k) is not None}
+        if cfg.get("shift") is not None:  # an explicit shift wins over the resolution rule
+            return D.ShiftedCosineSchedule(shift=float(cfg["shift"]), **ends)
+        res = int(cfg.get("resolution") or resolution)
+        return D.ShiftedCosineSchedule.for_resolution(res, int(cfg.get("base_resolution") or 64), **ends)
+
+    def init_weights(self) -> None:
+        # DiT's initialisation outside the blocks (the backbone initialises its own, adaLN-Zero included)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        for lin in (self.time_embed[0], self.time_embed[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+        nn.init.normal_(self.class_embed.weight, std=0.02)
+        for lin in (self.final_modulation[-1], self.final_linear):  # zero: the model starts at output 0
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ---- network -----------------------------------------------------------------------------
+    def condition(self, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.time_embed(timestep_embedding(t)) + self.class_embed(labels)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, p·p·C_out] -> [B, C, H, W] (the learn_sigma channels, if any, are dropped)."""
+        (gh, gw), p, c = self.grid, self.patch_size, self.out_channels
+        x = x.view(x.shape[0], gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(x.shape[0], c, gh * p, gw * p)[:, : self.channels]
+
+    def predict(self, inputs, loops: int, exits: list[int]) -> list[torch.Tensor]:
+        """One evaluation: raw outputs (in ``self.prediction`` terms) at every exit."""
+        h = self.patch_embed(inputs["z"]).flatten(2).transpose(1, 2) + self.pos_embed
+        cond = self.condition(inputs["t"], inputs["labels"])  # once per evaluation, reused by every loop
+        states = self.backbone(h, loops=loops, exits=exits, cond=cond)
+        shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
+        return [self.unpatchify(self.final_linear(modulate(self.final_norm(s), shift, scale))) for s in states]
+
+    def flops_per_eval(self, loops: int) -> float:
+        seq, width, p = self.grid[0] * self.grid[1], self.backbone.width, self.patch_size
+        patch = 2.0 * seq * self.channels * p * p * width
+        time_mlp = 2.0 * (TIME_FREQ_DIM * width + width * width)
+        final = 2.0 * width * 2 * width + 2.0 * seq * width * p * p * self.out_channels
+        return self.backbone.flops(seq, loops) + patch + time_mlp + final
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_inputs(self, batch, generator: torch.Generator | None = None):
+        x0 = self.autoencoder.encode(batch["image"]).float()
+        b, dev = x0.shape[0], x0.device
+        t = torch.rand(b, generator=generator, device=dev)
+        logsnr = self.schedule.logsnr(t)
+        eps = torch.randn(x0.shape, generator=generator, device=dev)
+        z = D.diffuse(x0, eps, logsnr)
+        labels = self.drop_labels(batch["label"], generator)
+        weight = D.sigmoid_loss_weight(logsnr, self.schedule.dlogsnr_dt(t), self.loss_bias)
+        return {"z": z, "t": t, "labels": labels}, {"x0": x0, "z": z, "logsnr": logsnr, "weight": weight}
+
+    def task_loss(self, pred, targets) -> torch.Tensor:
+        x0_hat = D.to_x0(pred.float(), targets["z"], targets["logsnr"], self.prediction)
+        return D.weighted_mse(x0_hat, targets["x0"], targets["weight"])
+
+    def distill_loss(self, student_pred, teacher_pred, targets) -> torch.Tensor:
+        """The task loss with the (stop-gradient) teacher's x̂0 as the target."""
+        teacher_x0 = D.to_x0(teacher_pred.float(), targets["z"], targets["logsnr"], self.prediction)
+        return self.task_loss(student_pred, {**targets, "x0": teacher_x0})
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()  # here, not in on_train_batch_end: checkpoint callbacks run before that hook
+
+    def update_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.parameters())
+
+    # ---- sampling ------------------------------------------------------------------------------
+    def denoise(self, z, t, labels, loops: int, cfg_scale: float) -> torch.Tensor:
+        """x̂0 at one sampling step, guided; one network evaluation of 1 or 2 × the batch."""
+        def to_x0(out, inp):  # guidance is linear, so combining x̂0 equals combining ε̂ or v̂
+            return D.to_x0(out.float(), inp["z"], self.schedule.logsnr(inp["t"]), self.prediction)
+
+        return self.guided_predict({"z": z, "t": t, "labels": labels}, loops, cfg_scale, to_x0)
+
+    def ema_weights(self, enabled: bool = True):
+        """Context in which the parameters hold the EMA weights (a no-op without EMA)."""
+        return self.ema.applied(self.parameters()) if enabled and self.ema is not None else nullcontext()
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, loops: int, generator: torch.Generator | None = None,
+               progress: bool = False, **overrides) -> torch.Tensor:
+        """Ancestral DDPM (or DDIM) from pure noise with the same loop count at every step."""
+        cfg = self.sampler_config(**overrides)
+        labels = labels.to(self.device)
+        shape = (len(labels), *self.autoencoder.latent_shape)
+        with self.ema_weights(bool(cfg["ema"])):
+            latents = D.sample_loop(
+                lambda z, t: self.denoise(z, t, labels, loops, float(cfg["cfg_scale"])),
+                shape, self.schedule, int(cfg["steps"]), kind=cfg["kind"], generator=generator,
+                device=self.device, clip_x0=cfg["clip_x0"], progress=progress,
+            )
+        return self.autoencoder.decode(latents)

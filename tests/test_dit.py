@@ -1,0 +1,179 @@
+"""DiT-ELT: DiT fidelity, the conditioning contract, losses, sampling, EMA, the real entry points."""
+import pytest
+import torch
+
+from elt.checkpoint import load_run
+from elt.models import DiTELT
+from elt.train import train
+from elt.tokenizers import PixelAutoencoder
+from helpers import CallCounter, digits_batch
+
+
+def tiny_dit(N: int = 2, Lmax: int = 3, ilsd: bool = True, latent=(1, 8, 8), **kw) -> DiTELT:
+    torch.manual_seed(0)
+    kw = {"patch_size": 2, "ema_decay": 0.9, **kw}
+    return DiTELT(PixelAutoencoder(latent), num_classes=10, N=N, Lmax=Lmax, width=32, heads=2, mlp_dim=64,
+                  ilsd={"enabled": ilsd, "Lmin": 1}, **kw)
+
+
+def randomise_zero_init(model: DiTELT) -> None:
+    """adaLN-Zero makes a fresh model output 0 everywhere; tests of behaviour need it not to."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modulation" in name or "final_linear" in name or "class_embed" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    model.ema.reset(model.parameters())  # sampling uses the EMA weights
+
+
+# ---- DiT family fidelity ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "width,heads,depth,published",
+    [(384, 6, 12, 33e6), (768, 12, 12, 130e6), (1024, 16, 24, 458e6), (1152, 16, 28, 675e6)],
+    ids=["S/2", "B/2", "L/2", "XL/2"],
+)
+def test_parameter_counts_match_dit(width, heads, depth, published):
+    """L=1, N=depth, patch 2, 4x32x32 latents, 1000 classes, learn_sigma: DiT-S/B/L/XL-2 within 1%."""
+    with torch.device("meta"):  # counts only: no memory, no init time
+        dit = DiTELT(PixelAutoencoder((4, 32, 32)), 1000, N=depth, Lmax=1, width=width, heads=heads,
+                     mlp_dim=4 * width, patch_size=2, learn_sigma=True, ema_decay=None)
+        looped = DiTELT(PixelAutoencoder((4, 32, 32)), 1000, N=depth // 4, Lmax=4, width=width, heads=heads,
+                        mlp_dim=4 * width, patch_size=2, learn_sigma=True, ema_decay=None)
+    n = sum(p.numel() for p in dit.parameters())
+    assert abs(n / published - 1) < 0.01, n
+    # same effective depth N·L, a quarter of the unique block parameters
+    blocks = lambda m: sum(p.numel() for p in m.backbone.parameters())
+    assert blocks(looped) * 4 == blocks(dit)
+
+
+# ---- the network -----------------------------------------------------------------------------
+def test_zero_init_outputs_zero_and_every_block_starts_as_identity():
+    model = tiny_dit()
+    batch = digits_batch(4)
+    inputs, _ = model.training_inputs(batch)
+    h = torch.randn(4, 16, 32)
+    cond = model.condition(inputs["t"], inputs["labels"])
+    (out,) = model.backbone(h, loops=3, cond=cond)
+    torch.testing.assert_close(out, h)
+    for pred in model.predict(inputs, loops=3, exits=[1, 3]):
+        assert pred.shape == (4, 1, 8, 8) and not pred.any()
+
+
+def test_conditioning_computed_once_per_evaluation_and_reused_by_every_loop():
+    model = tiny_dit(N=2, Lmax=3)
+    inputs, _ = model.training_inputs(digits_batch(4))
+    time_mlp, modulation, block = (CallCounter(m) for m in (model.time_embed, model.backbone.blocks[0].modulation,
+                                                             model.backbone.blocks[0]))
+    model.predict(inputs, loops=5, exits=[2, 5])
+    assert (time_mlp.calls, modulation.calls, block.calls) == (1, 1, 5)
+
+
+def test_patchify_any_channel_count_and_bad_patch_size_is_named():
+    model = tiny_dit(latent=(3, 8, 4), patch_size=2)
+    randomise_zero_init(model)
+    inputs = {"z": torch.randn(2, 3, 8, 4), "t": torch.rand(2), "labels": torch.tensor([1, 10])}
+    (out,) = model.predict(inputs, loops=2, exits=[2])
+    assert out.shape == (2, 3, 8, 4) and out.abs().sum() > 0
+    with pytest.raises(ValueError, match="model.patch_size"):
+        tiny_dit(latent=(1, 8, 8), patch_size=3)
+    with pytest.raises(ValueError, match="model.prediction"):
+        tiny_dit(prediction="score")
+
+
+def test_training_inputs_label_drop_only_in_training():
+    model = tiny_dit().train()
+    batch = digits_batch(n=2000)
+    inputs, targets = model.training_inputs(batch)
+    assert 0.07 < (inputs["labels"] == 10).float().mean() < 0.13
+    assert ((inputs["t"] >= 0) & (inputs["t"] <= 1)).all() and torch.isfinite(targets["weight"]).all()
+    torch.testing.assert_close(targets["x0"], batch["image"] * 2 - 1)
+    model.eval()
+    inputs, _ = model.training_inputs(batch)
+    assert (inputs["labels"] == batch["label"]).all()
+
+
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v"])
+def test_ilsd_step_is_finite_and_distillation_is_the_weighted_mse_to_the_teacher(prediction):
+    model = tiny_dit(prediction=prediction).train()
+    randomise_zero_init(model)
+    model.ilsd_lambda = 0.5
+    loss, parts = model.loss(digits_batch(16))
+    assert torch.isfinite(loss) and set(parts) == {"teacher_gt", "student_gt", "student_dist"}
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    inputs, targets = model.training_inputs(digits_batch(8))
+    student, teacher = model.predict(inputs, loops=3, exits=[1, 3])
+    assert model.distill_loss(teacher, teacher, targets).item() == pytest.approx(0.0, abs=1e-6)
+    assert model.distill_loss(student, teacher, targets).item() > 0
+
+
+# ---- sampling ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_sampler_shape_range_and_determinism(kind):
+    model = tiny_dit().eval()
+    randomise_zero_init(model)
+    labels = torch.arange(4)
+    run = lambda seed, loops=2: model.sample(labels, loops, generator=torch.Generator().manual_seed(seed), kind=kind, steps=4, cfg_scale=1.0)
+    a = run(7)
+    assert a.shape == (4, 1, 8, 8) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, run(7)) and not torch.equal(a, run(8))
+    assert not torch.equal(run(7, loops=1), run(7, loops=3))
+
+
+def test_guidance_scale_zero_is_the_unconditional_model():
+    model = tiny_dit().eval()
+    randomise_zero_init(model)
+    labels, null = torch.arange(6), torch.full((6,), 10)
+    run = lambda y, s: model.sample(y, loops=2, generator=torch.Generator().manual_seed(1), steps=4, cfg_scale=s)
+    torch.testing.assert_close(run(labels, 0.0), run(null, 1.0))
+    assert not torch.equal(run(labels, 1.0), run(null, 1.0))
+    assert not torch.equal(run(labels, 3.0), run(labels, 1.0))
+    assert model.network_evals_per_sample(steps=4, cfg_scale=3.0) == 8
+    assert model.network_evals_per_sample(steps=4, cfg_scale=1.0) == 4
+
+
+def test_sampling_uses_the_ema_weights_which_live_in_the_state_dict():
+    model = tiny_dit(ema_decay=0.5, ema_warmup=False).train()
+    randomise_zero_init(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02)
+    model.update_ema()  # one update at decay 0.5: EMA = before + 0.01
+    with model.ema_weights():
+        for p, b in zip(model.parameters(), before):
+            torch.testing.assert_close(p, b + 0.01)
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p, b + 0.02)  # live weights restored
+    model.eval()
+    run = lambda m, **kw: m.sample(torch.arange(3), 2, generator=torch.Generator().manual_seed(0), steps=3, cfg_scale=1.0, **kw)
+    default = run(model)
+    assert not torch.equal(default, run(model, ema=False))
+    twin = tiny_dit(ema_decay=0.5, ema_warmup=False)
+    twin.load_state_dict(model.state_dict())  # what load_run does
+    assert int(twin.ema.num_updates) == 1
+    torch.testing.assert_close(run(twin.eval()), default)
+
+
+def test_flops_per_eval_matches_the_flop_counter():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny_dit(N=2, Lmax=3)
+    inputs = {"z": torch.randn(1, 1, 8, 8), "t": torch.rand(1), "labels": torch.tensor([3])}
+    # the math backend: the counter does not see the fused CPU attention kernel's matmuls
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model.predict(inputs, loops=3, exits=[3])
+    assert model.flops_per_eval(3) == counter.get_total_flops()
+
+
+# ---- the real entry points ------------------------------------------------------------------
+def test_one_step_train_then_reload_and_sample(train_cfg):
+    cfg = train_cfg("model=dit_elt", "N=2", "Lmax=3", "trainer.max_steps=1", "model.sampler.steps=2")
+    out = train(cfg)
+    assert out["ckpt_path"] and torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
+    model, stored = load_run(out["ckpt_path"])
+    assert isinstance(model, DiTELT) and stored.model.name == "dit_elt"
+    assert int(model.ema.num_updates) == 1
+    images = model.sample(torch.arange(2), loops=1, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 1, 8, 8)
