@@ -1,0 +1,344 @@
+"""The evaluation job: every loop count of one checkpoint, scored against real data.
+
+Each loop count sees the same class-balanced labels and the same per-batch seeds, so the rows of
+the table differ only in L. A finished loop count is written to ``loops/L{L}.json`` at once
+(atomically, with a hash of everything that determines it); a rerun with the same settings skips
+it, so an interrupted long sweep resumes instead of starting over.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+
+from elt.checkpoint import load_run
+from elt.config import ConfigError
+from elt.config import _int as require_int
+from elt.evaluation import judges
+from elt.evaluation.baselines import IndependentTokens
+from elt.evaluation.extractors import I3D, FeatureExtractor, InceptionV3, JudgeExtractor
+from elt.evaluation.files import file_fingerprint, fingerprint, write_text_atomic
+from elt.evaluation.plots import quality_figure, save_figure, save_grid
+from elt.evaluation.report import log_to_loggers, quality_metrics, write_tables
+from elt.evaluation.scoring import Scorer, dataset_batches, reference_statistics
+
+log = logging.getLogger(__name__)
+STANDARD_EXTRACTORS = {"inception": InceptionV3, "i3d": I3D}
+ROW_FORMAT = 1  # bump when a row's content changes meaning: old loops/*.json are then recomputed
+
+
+@dataclass
+class Settings:
+    loops: list[int]
+    samples_per_class: int
+    batch_size: int
+    grid_per_class: int
+    grid_max_classes: int
+    extractors: list[str]
+    is_splits: int
+    pr_k: int | None
+    reference_rows: bool
+    reference_split: str
+    floor_split: str
+    seed: int
+    progress: bool
+
+
+def parse_loops(spec, extra: int, lmax: int) -> list[int]:
+    if isinstance(spec, str) and spec == "all":
+        loops = list(range(1, lmax + 1))
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        loops = [spec]
+    elif isinstance(spec, (list, tuple, ListConfig)):
+        loops = list(spec)
+    else:
+        raise ConfigError(f"eval.loops must be 'all', an integer or a list of integers, got {spec!r}")
+    if not loops or any(isinstance(L, bool) or not isinstance(L, int) or L < 1 for L in loops):
+        raise ConfigError(f"eval.loops must contain integers >= 1, got {spec!r}")
+    return sorted(set(loops) | set(range(lmax + 1, lmax + extra + 1)))
+
+
+def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
+    """All eval.* checks, before any sampling: one line naming the bad key."""
+    e = cfg.eval
+    if e.get("num_samples") is not None:
+        n = require_int(cfg, "eval.num_samples", 1)
+        per_class = math.ceil(n / num_classes)  # class-balanced: rounded up to a multiple of the classes
+        if per_class * num_classes != n:
+            log.info("eval.num_samples=%d rounded up to %d (%d per class)", n, per_class * num_classes, per_class)
+    else:
+        per_class = require_int(cfg, "eval.samples_per_class", 1)
+    extractors = e.extractors
+    if isinstance(extractors, str):
+        extractors = [extractors]
+    extractors = list(extractors)
+    known = {"auto", "judge", *STANDARD_EXTRACTORS}
+    bad = [x for x in extractors if x not in known and not x.endswith("_cnn")]
+    if not extractors or bad:
+        raise ConfigError(f"eval.extractors: unknown {bad or extractors}; choose from {sorted(known)}")
+    pr = e.get("precision_recall", False)
+    if pr is not False and pr is not None:
+        pr = require_int(cfg, "eval.precision_recall", 1)  # the k of the k-NN manifolds
+    for split in ("reference_split", "floor_split"):
+        if e.get(split) not in ("train", "val"):
+            raise ConfigError(f"eval.{split} must be train or val, got {e.get(split)!r}")
+    return Settings(
+        loops=parse_loops(e.loops, require_int(cfg, "eval.extra_loops", 0), lmax),
+        samples_per_class=per_class,
+        batch_size=require_int(cfg, "eval.batch_size", 1),
+        grid_per_class=require_int(cfg, "eval.grid_per_class", 0),
+        grid_max_classes=require_int(cfg, "eval.grid_max_classes", 1),
+        extractors=extractors,
+        is_splits=require_int(cfg, "eval.is_splits", 1),
+        pr_k=pr or None,
+        reference_rows=bool(e.reference_rows),
+        reference_split=e.reference_split,
+        floor_split=e.floor_split,
+        seed=require_int(cfg, "seed", 0),
+        progress=bool(e.get("progress", True)),
+    )
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"eval.device must be auto, cpu or cuda[:i], got {spec!r}") from None
+
+
+def build_extractors(names: list[str], cfg: DictConfig, train_cfg: DictConfig, datamodule) -> list[FeatureExtractor]:
+    dataset = datamodule.name
+    modality = "video" if len(datamodule.image_shape) == 4 else "image"
+    if names == ["auto"]:  # the dataset's own judge where one exists, else the literature's network
+        names = ["judge"] if dataset in judges.JUDGES else (["inception"] if modality == "image" else ["i3d"])
+    out = []
+    for name in names:
+        if name in STANDARD_EXTRACTORS:
+            out.append(STANDARD_EXTRACTORS[name](OmegaConf.select(cfg, f"eval.weights.{name}")))
+            continue
+        if name not in ("judge", judges.judge_name(dataset)):
+            raise ConfigError(f"eval.extractors: {name!r} is not the judge of dataset {dataset!r} ({judges.judge_name(dataset)})")
+        net, info = judges.load_or_train_judge(dataset, datamodule, train_cfg.data.module, cfg.paths.cache_dir)
+        out.append(JudgeExtractor(net, info, modality))
+    return out
+
+
+def gflops_per_sample(model, loops: int, sampler: dict) -> float:
+    """Analytic: one network evaluation at ``loops`` loops × the evaluations a sample costs (every
+    sampling step, twice under guidance). The x-axis of the efficiency frontier."""
+    return model.flops_per_eval(loops) * model.network_evals_per_sample(**sampler) / 1e9
+
+
+def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    """0, 1, ..., K-1, 0, 1, ...: every prefix (every batch, every IS split) is near-balanced."""
+    return torch.arange(num_classes).repeat(per_class)
+
+
+def sampled_batches(sample_fn, labels: torch.Tensor, batch_size: int, seed: int, device: torch.device):
+    """Batch i always gets labels[i·B:(i+1)·B] and a generator seeded by (seed, i), whatever the
+    loop count, so every row of the table starts from identical noise."""
+    for i, start in enumerate(range(0, len(labels), batch_size)):
+        y = labels[start:start + batch_size]
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+        x = sample_fn(y, gen)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield x, y
+
+
+def score_source(batches, total: int, extractors, references, s: Settings, device, grid_path: Path | None,
+                 grid_classes: list[int], desc: str) -> tuple[dict, float]:
+    """Metrics of one source (model at L, real split, trivial model) and the seconds spent
+    producing its samples (metric passes excluded)."""
+    scorer = Scorer(extractors, device, keep_features=bool(s.pr_k))
+    need = {c: s.grid_per_class for c in grid_classes}
+    shown_x, shown_y, seconds = [], [], 0.0
+    it = iter(batches)
+    with tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not s.progress) as bar:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x, y = next(it)
+            except StopIteration:
+                break
+            seconds += time.perf_counter() - t0
+            scorer.add(x, y)
+            take = []
+            for i, c in enumerate(y.tolist()):
+                if need.get(c, 0) > 0:
+                    need[c] -= 1
+                    take.append(i)
+            if take:
+                shown_x.append(x[take].cpu())
+                shown_y.append(y[take])
+            bar.update(len(y))
+    if grid_path is not None and shown_x:
+        save_grid(torch.cat(shown_x), torch.cat(shown_y), grid_path, s.grid_per_class, grid_classes)
+    return scorer.metrics(references, s.is_splits, s.pr_k), seconds
+
+
+class RowCache:
+    """``loops/<key>.json`` per finished row, valid only for the settings hash it was made with."""
+
+    def __init__(self, directory: Path, settings_hash: str):
+        self.dir, self.hash = Path(directory), settings_hash
+
+    def get(self, key: str) -> dict | None:
+        path = self.dir / f"{key}.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):  # missing, or cut short by a crash before os.replace existed
+            return None
+        return saved["row"] if saved.get("settings") == self.hash else None
+
+    def put(self, key: str, row: dict) -> None:
+        write_text_atomic(self.dir / f"{key}.json", json.dumps({"settings": self.hash, "row": row}, indent=2))
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Sweep the checkpoint's loop counts; write table, plots, grids; log. Returns rows and paths."""
+    device = pick_device(cfg.eval.get("device", "auto"))
+    model, train_cfg = load_run(cfg.ckpt_path)
+    model.to(device)
+    s = read_settings(cfg, model.Lmax, model.num_classes)
+    sampler = model.sampler_config(**(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {}))
+    out_dir = Path(cfg.eval.output_dir)
+    datamodule = instantiate(train_cfg.data.module)
+    datamodule.setup()
+    splits = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}
+    data_key = judges.data_key(train_cfg.data.module)
+    extractors = build_extractors(s.extractors, cfg, train_cfg, datamodule)
+    references = {
+        e.name: reference_statistics(e, splits[s.reference_split], f"{datamodule.name}_{s.reference_split}", data_key,
+                                     cfg.paths.cache_dir, s.batch_size, device)
+        for e in extractors
+    }
+    labels = balanced_labels(model.num_classes, s.samples_per_class)
+    step = max(1, model.num_classes // s.grid_max_classes)
+    grid_classes = list(range(0, model.num_classes, step))[: s.grid_max_classes]
+    common = {
+        "format": ROW_FORMAT, "per_class": s.samples_per_class, "batch": s.batch_size, "seed": s.seed,
+        "extractors": [e.fingerprint for e in extractors], "reference": s.reference_split, "data": data_key,
+        "is_splits": s.is_splits, "pr_k": s.pr_k, "grid": [s.grid_per_class, grid_classes],
+    }
+    model_rows = RowCache(out_dir / "loops", fingerprint({**common, "ckpt": file_fingerprint(Path(cfg.ckpt_path)), "sampler": sampler}))
+    ref_rows = RowCache(out_dir / "loops", fingerprint({**common, "floor": s.floor_split}))
+
+    def run(batches, total, key, desc):
+        return score_source(batches, total, extractors, references, s, device, out_dir / "grids" / f"{key}.png", grid_classes, desc)
+
+    rows = []
+    if s.reference_rows:
+        rows += reference_rows(ref_rows, run, splits, s, labels, train_cfg, model.num_classes, device)
+    for L in tqdm(s.loops, desc="loop counts", unit="L", disable=not s.progress):
+        row = model_rows.get(f"L{L}")
+        if row is None:
+            sample = lambda y, g, L=L: model.sample(y, loops=L, generator=g, progress=False, **sampler)  # noqa: E731
+            metrics, seconds = run(sampled_batches(sample, labels, s.batch_size, s.seed, device), len(labels), f"L{L}", f"sample+score L={L}")
+            row = {"name": "model", "row": "model", "loops": L, "extrapolated": L > model.Lmax, "num_samples": len(labels),
+                   "gflops_per_sample": gflops_per_sample(model, L, sampler), "wall_s_per_sample": seconds / len(labels), **metrics}
+            model_rows.put(f"L{L}", row)
+        else:
+            log.info("L=%d: already done with these settings (%s), skipped", L, out_dir / "loops" / f"L{L}.json")
+        rows.append(row)
+
+    meta = describe(cfg, train_cfg, model, s, sampler, extractors, len(splits[s.reference_split]))
+    table = write_tables(rows, meta, out_dir)
+    print(table)
+    metrics = quality_metrics(rows)
+    title = f"{train_cfg.run_name}: {meta['hparams']['N']}N×{model.Lmax}L"
+    figures = {
+        "quality_vs_loops": save_figure(quality_figure(rows, metrics, "loops", "loop count L", title), out_dir / "quality_vs_loops.png"),
+        "quality_vs_gflops": save_figure(quality_figure(rows, metrics, "gflops_per_sample", "GFLOPs per sample", title), out_dir / "quality_vs_gflops.png"),
+    }
+    grids = {L: out_dir / "grids" / f"L{L}.png" for L in s.loops if (out_dir / "grids" / f"L{L}.png").is_file()}
+    log_to_loggers(build_loggers(cfg, train_cfg), rows, meta, figures, grids)
+    return {"rows": rows, "table": table, "output_dir": str(out_dir), "figures": {k: str(v) for k, v in figures.items()}}
+
+
+def balanced_subset(dataset, per_class: int, num_classes: int) -> Subset:
+    """The first ``per_class`` items of each class, so the floor row has the model rows' sample
+    count (a Fréchet distance's bias shrinks with n: rows of different n do not compare)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = torch.tensor([dataset[i]["label"] for i in range(len(dataset))])
+    labels = torch.as_tensor(labels)
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)])
+    return Subset(dataset, idx.sort().values.tolist())
+
+
+def reference_rows(cache: RowCache, run, splits, s: Settings, labels, train_cfg, num_classes, device) -> list[dict]:
+    """The floor (real held-out images against the reference set) and the trivial model."""
+    rows = []
+    floor = balanced_subset(splits[s.floor_split], s.samples_per_class, num_classes)
+    row = cache.get("ref_real")
+    if row is None:
+        metrics, _ = run(dataset_batches(floor, s.batch_size), len(floor), "real", f"score real {s.floor_split}")
+        row = {"name": f"real ({s.floor_split} split)", "row": "real", "loops": None, "extrapolated": False,
+               "num_samples": len(floor), "gflops_per_sample": None, "wall_s_per_sample": None, **metrics}
+        cache.put("ref_real", row)
+    rows.append(row)
+    if "tokenizer" not in train_cfg.data:
+        log.warning("data config has no tokenizer: no trivial independent-token row")
+        return rows
+    row = cache.get("ref_trivial")
+    if row is None:
+        trivial = IndependentTokens(instantiate(train_cfg.data.tokenizer), num_classes).fit(splits["train"])
+        batches = sampled_batches(lambda y, g: trivial.sample(y, g), labels, s.batch_size, s.seed, torch.device("cpu"))
+        metrics, seconds = run(batches, len(labels), "trivial", "score trivial model")
+        row = {"name": "trivial (independent tokens)", "row": "trivial", "loops": None, "extrapolated": False,
+               "num_samples": len(labels), "gflops_per_sample": 0.0, "wall_s_per_sample": seconds / len(labels), **metrics}
+        cache.put("ref_trivial", row)
+    rows.append(row)
+    return rows
+
+
+def describe(cfg, train_cfg, model, s: Settings, sampler, extractors, n_reference) -> dict:
+    evals = model.network_evals_per_sample(**sampler)
+    hparams = {
+        "ckpt_path": str(cfg.ckpt_path), "train_run": train_cfg.run_name, "model": train_cfg.model.name,
+        "data": train_cfg.data.name, "N": model.N, "Lmax": model.Lmax, "ilsd": bool(train_cfg.ilsd.enabled),
+        "samples_per_class": s.samples_per_class, "seed": s.seed, "network_evals_per_sample": evals,
+        **{f"sampler/{k}": v for k, v in sampler.items()},
+    }
+    header = [
+        f"**{train_cfg.run_name}** ({hparams['model']} {model.N}N×{model.Lmax}L, ILSD {'on' if hparams['ilsd'] else 'off'}) "
+        f"from `{cfg.ckpt_path}`",
+        f"{s.samples_per_class * model.num_classes} samples per row ({s.samples_per_class} per class), seed {s.seed}, "
+        f"{evals} network evaluations per sample; sampler: " + ", ".join(f"{k}={v}" for k, v in sampler.items()),
+        f"Reference statistics: real {s.reference_split} split ({n_reference} images).",
+    ]
+    for e in extractors:
+        if e.info.get("val_accuracy") is not None:
+            header.append(f"Judge {e.name}: trained on the real training split, held-out accuracy "
+                          f"{100 * e.info['val_accuracy']:.1f}% on {e.info['val_items']} images; "
+                          f"*_{e.name} metrics are in its feature space, not comparable with InceptionV3 FID.")
+    return {"hparams": hparams, "header": [line + "  " for line in header[:-1]] + header[-1:],
+            "extractors": {e.name: {"fingerprint": e.fingerprint, **e.info} for e in extractors}}
+
+
+def build_loggers(cfg: DictConfig, train_cfg: DictConfig) -> list:
+    """The eval config's loggers, with the evaluated run's data/model/tags visible to their
+    interpolations (W&B groups eval runs with their training runs)."""
+    from elt.train import instantiate_group
+
+    if not cfg.get("logger"):
+        return []
+    context = OmegaConf.create({
+        "data": {"name": train_cfg.data.name}, "model": {"name": train_cfg.model.name},
+        "tags": list(train_cfg.get("tags") or []) + ["eval"], "run_name": f"{train_cfg.run_name}_{cfg.run_name}",
+    })
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    return instantiate_group(OmegaConf.merge(base, context).logger)
