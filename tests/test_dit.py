@@ -1,4 +1,6 @@
 """DiT-ELT: DiT fidelity, the conditioning contract, losses, sampling, EMA, the real entry points."""
+import math
+
 import pytest
 import torch
 
@@ -78,6 +80,9 @@ def test_patchify_any_channel_count_and_bad_patch_size_is_named():
         tiny_dit(latent=(1, 8, 8), patch_size=3)
     with pytest.raises(ValueError, match="model.prediction"):
         tiny_dit(prediction="score")
+    with pytest.raises(ValueError, match="model.schedule.*shfit"):
+        tiny_dit(schedule={"shfit": 1.0})
+    assert tiny_dit(schedule={"base_resolution": 32}).schedule.shift == pytest.approx(2 * math.log(32 / 8))
 
 
 def test_training_inputs_label_drop_only_in_training():

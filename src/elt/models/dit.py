@@ -167,7 +167,8 @@ class DiTELT(LoopedGenerativeModule):
 
     # ---- training ------------------------------------------------------------------------------
     def training_inputs(self, batch, generator: torch.Generator | None = None):
-        x0 = self.autoencoder.encode(batch["image"]).float()
+        with torch.no_grad():  # the autoencoder is frozen (identity for pixels, the SD VAE for latents)
+            x0 = self.autoencoder.encode(batch["image"]).float()
         b, dev = x0.shape[0], x0.device
         t = torch.rand(b, generator=generator, device=dev)
         logsnr = self.schedule.logsnr(t)
