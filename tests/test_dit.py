@@ -173,12 +173,28 @@ def test_flops_per_eval_matches_the_flop_counter():
 
 
 # ---- the real entry points ------------------------------------------------------------------
-def test_one_step_train_then_reload_and_sample(train_cfg):
-    cfg = train_cfg("model=dit_elt", "N=2", "Lmax=3", "trainer.max_steps=1", "model.sampler.steps=2")
-    out = train(cfg)
+def one_step_checkpoint(train_cfg) -> str:
+    out = train(train_cfg("model=dit_elt", "N=1", "Lmax=2", "trainer.max_steps=1", "model.sampler.steps=2"))
     assert out["ckpt_path"] and torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
-    model, stored = load_run(out["ckpt_path"])
+    return out["ckpt_path"]
+
+
+def test_one_step_train_then_reload_and_sample(train_cfg):
+    model, stored = load_run(one_step_checkpoint(train_cfg))
     assert isinstance(model, DiTELT) and stored.model.name == "dit_elt"
-    assert int(model.ema.num_updates) == 1
+    assert int(model.ema.num_updates) == 1  # the EMA of the one optimiser step was checkpointed
     images = model.sample(torch.arange(2), loops=1, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 1, 8, 8)
+
+
+@pytest.mark.slow  # trains the digits judge in a fresh cache (~1-3 min on 2 cores)
+def test_one_step_train_then_evaluate_every_loop(train_cfg, tmp_path):
+    from elt.evaluation import evaluate
+    from test_eval_entry import eval_cfg
+
+    ckpt = one_step_checkpoint(train_cfg)
+    result = evaluate(eval_cfg(ckpt, tmp_path / "eval", tmp_path / "cache", "eval.sampler={steps:2,kind:ddim}"))
+    model_rows = [r for r in result["rows"] if r["row"] == "model"]
+    assert [r["loops"] for r in model_rows] == [1, 2]
+    assert all(r["gflops_per_sample"] > 0 for r in model_rows)
+    assert (tmp_path / "eval" / "grids" / "L2.png").is_file()
