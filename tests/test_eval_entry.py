@@ -70,13 +70,15 @@ def test_sweep_writes_everything_and_resumes_after_an_interruption(tiny_ckpt, ev
     printed = capsys.readouterr().out
     assert "| model | 3 (>Lmax) |" in printed and "real (val split)" in printed and "trivial" in printed
 
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert results["meta"]["extractors"]["digits_cnn"]["val_accuracy"] >= 0.97  # the judge, on all 300 held-out digits
     assert [r["row"] for r in rows] == ["real", "trivial", "model", "model", "model"]
     real, trivial, *model = rows
     assert [r["loops"] for r in model] == [1, 2, 3] and [r["extrapolated"] for r in model] == [False, False, True]
     assert real["num_samples"] == trivial["num_samples"] == model[0]["num_samples"] == 30  # comparable Fréchet bias
     assert not any(k in r for r in rows for k in ("fid", "is"))  # a stand-in judge never takes the standard names
-    assert real["acc_digits_cnn"] >= 0.97  # the judge itself is good on held-out real digits
+    assert real["acc_digits_cnn"] >= 0.9
     assert real["fid_digits_cnn"] < trivial["fid_digits_cnn"]
     g = [r["gflops_per_sample"] for r in model]
     assert g[1] > g[0] and g[2] > g[1] and all(r["wall_s_per_sample"] > 0 for r in model)

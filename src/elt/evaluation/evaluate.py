@@ -157,37 +157,6 @@ def sampled_batches(sample_fn, labels: torch.Tensor, batch_size: int, seed: int,
         yield x, y
 
 
-def score_source(batches, total: int, extractors, references, s: Settings, device, grid_path: Path | None,
-                 grid_classes: list[int], desc: str) -> tuple[dict, float]:
-    """Metrics of one source (model at L, real split, trivial model) and the seconds spent
-    producing its samples (metric passes excluded)."""
-    scorer = Scorer(extractors, device, keep_features=bool(s.pr_k))
-    need = {c: s.grid_per_class for c in grid_classes}
-    shown_x, shown_y, seconds = [], [], 0.0
-    it = iter(batches)
-    with tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not s.progress) as bar:
-        while True:
-            t0 = time.perf_counter()
-            try:
-                x, y = next(it)
-            except StopIteration:
-                break
-            seconds += time.perf_counter() - t0
-            scorer.add(x, y)
-            take = []
-            for i, c in enumerate(y.tolist()):
-                if need.get(c, 0) > 0:
-                    need[c] -= 1
-                    take.append(i)
-            if take:
-                shown_x.append(x[take].cpu())
-                shown_y.append(y[take])
-            bar.update(len(y))
-    if grid_path is not None and shown_x:
-        save_grid(torch.cat(shown_x), torch.cat(shown_y), grid_path, s.grid_per_class, grid_classes)
-    return scorer.metrics(references, s.is_splits, s.pr_k), seconds
-
-
 class RowCache:
     """``loops/<key>.json`` per finished row, valid only for the settings hash it was made with."""
 
@@ -195,76 +164,23 @@ class RowCache:
         self.dir, self.hash = Path(directory), settings_hash
 
     def get(self, key: str) -> dict | None:
-        path = self.dir / f"{key}.json"
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):  # missing, or cut short by a crash before os.replace existed
+            saved = json.loads((self.dir / f"{key}.json").read_text())
+        except (OSError, ValueError):  # missing or unreadable: recompute
             return None
         return saved["row"] if saved.get("settings") == self.hash else None
 
     def put(self, key: str, row: dict) -> None:
         write_text_atomic(self.dir / f"{key}.json", json.dumps({"settings": self.hash, "row": row}, indent=2))
 
-
-def evaluate(cfg: DictConfig) -> dict:
-    """Sweep the checkpoint's loop counts; write table, plots, grids; log. Returns rows and paths."""
-    device = pick_device(cfg.eval.get("device", "auto"))
-    model, train_cfg = load_run(cfg.ckpt_path)
-    model.to(device)
-    s = read_settings(cfg, model.Lmax, model.num_classes)
-    sampler = model.sampler_config(**(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {}))
-    out_dir = Path(cfg.eval.output_dir)
-    datamodule = instantiate(train_cfg.data.module)
-    datamodule.setup()
-    splits = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}
-    data_key = judges.data_key(train_cfg.data.module)
-    extractors = build_extractors(s.extractors, cfg, train_cfg, datamodule)
-    references = {
-        e.name: reference_statistics(e, splits[s.reference_split], f"{datamodule.name}_{s.reference_split}", data_key,
-                                     cfg.paths.cache_dir, s.batch_size, device)
-        for e in extractors
-    }
-    labels = balanced_labels(model.num_classes, s.samples_per_class)
-    step = max(1, model.num_classes // s.grid_max_classes)
-    grid_classes = list(range(0, model.num_classes, step))[: s.grid_max_classes]
-    common = {
-        "format": ROW_FORMAT, "per_class": s.samples_per_class, "batch": s.batch_size, "seed": s.seed,
-        "extractors": [e.fingerprint for e in extractors], "reference": s.reference_split, "data": data_key,
-        "is_splits": s.is_splits, "pr_k": s.pr_k, "grid": [s.grid_per_class, grid_classes],
-    }
-    model_rows = RowCache(out_dir / "loops", fingerprint({**common, "ckpt": file_fingerprint(Path(cfg.ckpt_path)), "sampler": sampler}))
-    ref_rows = RowCache(out_dir / "loops", fingerprint({**common, "floor": s.floor_split}))
-
-    def run(batches, total, key, desc):
-        return score_source(batches, total, extractors, references, s, device, out_dir / "grids" / f"{key}.png", grid_classes, desc)
-
-    rows = []
-    if s.reference_rows:
-        rows += reference_rows(ref_rows, run, splits, s, labels, train_cfg, model.num_classes, device)
-    for L in tqdm(s.loops, desc="loop counts", unit="L", disable=not s.progress):
-        row = model_rows.get(f"L{L}")
-        if row is None:
-            sample = lambda y, g, L=L: model.sample(y, loops=L, generator=g, progress=False, **sampler)  # noqa: E731
-            metrics, seconds = run(sampled_batches(sample, labels, s.batch_size, s.seed, device), len(labels), f"L{L}", f"sample+score L={L}")
-            row = {"name": "model", "row": "model", "loops": L, "extrapolated": L > model.Lmax, "num_samples": len(labels),
-                   "gflops_per_sample": gflops_per_sample(model, L, sampler), "wall_s_per_sample": seconds / len(labels), **metrics}
-            model_rows.put(f"L{L}", row)
-        else:
-            log.info("L=%d: already done with these settings (%s), skipped", L, out_dir / "loops" / f"L{L}.json")
-        rows.append(row)
-
-    meta = describe(cfg, train_cfg, model, s, sampler, extractors, len(splits[s.reference_split]))
-    table = write_tables(rows, meta, out_dir)
-    print(table)
-    metrics = quality_metrics(rows)
-    title = f"{train_cfg.run_name}: {meta['hparams']['N']}N×{model.Lmax}L"
-    figures = {
-        "quality_vs_loops": save_figure(quality_figure(rows, metrics, "loops", "loop count L", title), out_dir / "quality_vs_loops.png"),
-        "quality_vs_gflops": save_figure(quality_figure(rows, metrics, "gflops_per_sample", "GFLOPs per sample", title), out_dir / "quality_vs_gflops.png"),
-    }
-    grids = {L: out_dir / "grids" / f"L{L}.png" for L in s.loops if (out_dir / "grids" / f"L{L}.png").is_file()}
-    log_to_loggers(build_loggers(cfg, train_cfg), rows, meta, figures, grids)
-    return {"rows": rows, "table": table, "output_dir": str(out_dir), "figures": {k: str(v) for k, v in figures.items()}}
+    def get_or_compute(self, key: str, compute) -> dict:
+        row = self.get(key)
+        if row is not None:
+            log.info("%s: already done with these settings (%s), skipped", key, self.dir / f"{key}.json")
+            return row
+        row = compute()
+        self.put(key, row)
+        return row
 
 
 def balanced_subset(dataset, per_class: int, num_classes: int) -> Subset:
@@ -278,30 +194,134 @@ def balanced_subset(dataset, per_class: int, num_classes: int) -> Subset:
     return Subset(dataset, idx.sort().values.tolist())
 
 
-def reference_rows(cache: RowCache, run, splits, s: Settings, labels, train_cfg, num_classes, device) -> list[dict]:
-    """The floor (real held-out images against the reference set) and the trivial model."""
-    rows = []
-    floor = balanced_subset(splits[s.floor_split], s.samples_per_class, num_classes)
-    row = cache.get("ref_real")
-    if row is None:
-        metrics, _ = run(dataset_batches(floor, s.batch_size), len(floor), "real", f"score real {s.floor_split}")
-        row = {"name": f"real ({s.floor_split} split)", "row": "real", "loops": None, "extrapolated": False,
-               "num_samples": len(floor), "gflops_per_sample": None, "wall_s_per_sample": None, **metrics}
-        cache.put("ref_real", row)
-    rows.append(row)
-    if "tokenizer" not in train_cfg.data:
-        log.warning("data config has no tokenizer: no trivial independent-token row")
+def make_row(name: str, kind: str, n: int, metrics: dict, loops: int | None = None, extrapolated: bool = False,
+             gflops: float | None = None, seconds: float | None = None) -> dict:
+    return {"name": name, "row": kind, "loops": loops, "extrapolated": extrapolated, "num_samples": n,
+            "gflops_per_sample": gflops, "wall_s_per_sample": None if seconds is None else seconds / n, **metrics}
+
+
+def pick_for_grid(labels: torch.Tensor, need: dict[int, int]) -> list[int]:
+    """Indices of the samples still needed for the grid; decrements ``need`` per class."""
+    take = []
+    for i, c in enumerate(labels.tolist()):
+        if need.get(c, 0) > 0:
+            need[c] -= 1
+            take.append(i)
+    return take
+
+
+class LoopSweep:
+    """One checkpoint against fixed real statistics: the reference rows, then every loop count."""
+
+    def __init__(self, cfg: DictConfig, model, train_cfg: DictConfig, s: Settings, sampler: dict, device: torch.device):
+        self.model, self.train_cfg, self.s, self.sampler, self.device = model, train_cfg, s, sampler, device
+        self.out_dir = Path(cfg.eval.output_dir)
+        datamodule = instantiate(train_cfg.data.module)
+        datamodule.setup()
+        self.splits = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}
+        data_key = judges.data_key(train_cfg.data.module)
+        self.extractors = build_extractors(s.extractors, cfg, train_cfg, datamodule)
+        self.references = {
+            e.name: reference_statistics(e, self.splits[s.reference_split], f"{datamodule.name}_{s.reference_split}",
+                                         data_key, cfg.paths.cache_dir, s.batch_size, device)
+            for e in self.extractors
+        }
+        self.labels = balanced_labels(model.num_classes, s.samples_per_class)
+        step = max(1, model.num_classes // s.grid_max_classes)
+        self.grid_classes = list(range(0, model.num_classes, step))[: s.grid_max_classes]
+        common = {
+            "format": ROW_FORMAT, "per_class": s.samples_per_class, "batch": s.batch_size, "seed": s.seed,
+            "extractors": [e.fingerprint for e in self.extractors], "reference": s.reference_split, "data": data_key,
+            "is_splits": s.is_splits, "pr_k": s.pr_k, "grid": [s.grid_per_class, self.grid_classes],
+        }
+        ckpt = file_fingerprint(Path(cfg.ckpt_path))
+        self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "ckpt": ckpt, "sampler": sampler}))
+        self.ref_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "floor": s.floor_split}))
+
+    def rows(self) -> list[dict]:
+        rows = []
+        if self.s.reference_rows:
+            rows.append(self.ref_rows.get_or_compute("ref_real", self.real_row))
+            if "tokenizer" in self.train_cfg.data:
+                rows.append(self.ref_rows.get_or_compute("ref_trivial", self.trivial_row))
+            else:
+                log.warning("data config has no tokenizer: no trivial independent-token row")
+        for L in tqdm(self.s.loops, desc="loop counts", unit="L", disable=not self.s.progress):
+            rows.append(self.model_rows.get_or_compute(f"L{L}", lambda L=L: self.model_row(L)))
         return rows
-    row = cache.get("ref_trivial")
-    if row is None:
-        trivial = IndependentTokens(instantiate(train_cfg.data.tokenizer), num_classes).fit(splits["train"])
-        batches = sampled_batches(lambda y, g: trivial.sample(y, g), labels, s.batch_size, s.seed, torch.device("cpu"))
-        metrics, seconds = run(batches, len(labels), "trivial", "score trivial model")
-        row = {"name": "trivial (independent tokens)", "row": "trivial", "loops": None, "extrapolated": False,
-               "num_samples": len(labels), "gflops_per_sample": 0.0, "wall_s_per_sample": seconds / len(labels), **metrics}
-        cache.put("ref_trivial", row)
-    rows.append(row)
-    return rows
+
+    def model_row(self, L: int) -> dict:
+        def sample(y, g):
+            return self.model.sample(y, loops=L, generator=g, progress=False, **self.sampler)
+
+        metrics, seconds = self.score(sampled_batches(sample, self.labels, self.s.batch_size, self.s.seed, self.device),
+                                      len(self.labels), f"L{L}", f"sample+score L={L}")
+        return make_row("model", "model", len(self.labels), metrics, loops=L, extrapolated=L > self.model.Lmax,
+                        gflops=gflops_per_sample(self.model, L, self.sampler), seconds=seconds)
+
+    def real_row(self) -> dict:
+        """The floor: real held-out images against the same reference set."""
+        floor = balanced_subset(self.splits[self.s.floor_split], self.s.samples_per_class, self.model.num_classes)
+        metrics, _ = self.score(dataset_batches(floor, self.s.batch_size), len(floor), "real", f"score real {self.s.floor_split}")
+        return make_row(f"real ({self.s.floor_split} split)", "real", len(floor), metrics)
+
+    def trivial_row(self) -> dict:
+        trivial = IndependentTokens(instantiate(self.train_cfg.data.tokenizer), self.model.num_classes).fit(self.splits["train"])
+        batches = sampled_batches(trivial.sample, self.labels, self.s.batch_size, self.s.seed, torch.device("cpu"))
+        metrics, seconds = self.score(batches, len(self.labels), "trivial", "score trivial model")
+        return make_row("trivial (independent tokens)", "trivial", len(self.labels), metrics, gflops=0.0, seconds=seconds)
+
+    def score(self, batches, total: int, key: str, desc: str) -> tuple[dict, float]:
+        """Metrics of one source and the seconds spent producing its samples (scoring excluded);
+        the first ``grid_per_class`` samples of each shown class go to ``grids/<key>.png``."""
+        s = self.s
+        scorer = Scorer(self.extractors, self.device, keep_features=bool(s.pr_k))
+        need = {c: s.grid_per_class for c in self.grid_classes}
+        shown_x, shown_y, seconds = [], [], 0.0
+        it = iter(batches)
+        with tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not s.progress) as bar:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    x, y = next(it)
+                except StopIteration:
+                    break
+                seconds += time.perf_counter() - t0
+                scorer.add(x, y)
+                take = pick_for_grid(y, need)
+                if take:
+                    shown_x.append(x[take].cpu())
+                    shown_y.append(y[take])
+                bar.update(len(y))
+        if shown_x:
+            save_grid(torch.cat(shown_x), torch.cat(shown_y), self.out_dir / "grids" / f"{key}.png", s.grid_per_class, self.grid_classes)
+        return scorer.metrics(self.references, s.is_splits, s.pr_k), seconds
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Sweep the checkpoint's loop counts; write table, plots, grids; log. Returns rows and paths."""
+    device = pick_device(cfg.eval.get("device", "auto"))
+    model, train_cfg = load_run(cfg.ckpt_path)
+    model.to(device)
+    s = read_settings(cfg, model.Lmax, model.num_classes)
+    sampler = model.sampler_config(**(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {}))
+    sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device)
+    rows = sweep.rows()
+
+    out_dir = sweep.out_dir
+    meta = describe(cfg, train_cfg, model, s, sampler, sweep.extractors, len(sweep.splits[s.reference_split]))
+    table = write_tables(rows, meta, out_dir)
+    print(table)
+    metrics = quality_metrics(rows)
+    title = f"{train_cfg.run_name}: {model.N}N×{model.Lmax}L"
+    figures = {
+        name: save_figure(quality_figure(rows, metrics, x, xlabel, title), out_dir / f"{name}.png")
+        for name, x, xlabel in [("quality_vs_loops", "loops", "loop count L"),
+                                ("quality_vs_gflops", "gflops_per_sample", "GFLOPs per sample")]
+    }
+    grids = {L: out_dir / "grids" / f"L{L}.png" for L in s.loops if (out_dir / "grids" / f"L{L}.png").is_file()}
+    log_to_loggers(build_loggers(cfg, train_cfg), rows, meta, figures, grids)
+    return {"rows": rows, "table": table, "output_dir": str(out_dir), "figures": {k: str(v) for k, v in figures.items()}}
 
 
 def describe(cfg, train_cfg, model, s: Settings, sampler, extractors, n_reference) -> dict:
