@@ -125,15 +125,17 @@ def test_eval_py_names_a_missing_checkpoint(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error:")
 
 
-def test_dit_checkpoint_and_wandb_offline(train_cfg, eval_cache, tmp_path, monkeypatch):
+def test_dit_checkpoint_with_precision_recall_and_wandb_offline(train_cfg, eval_cache, tmp_path, monkeypatch):
     """The other model family, logged to an offline W&B run: the table lands in the run's files."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     ckpt = train(train_cfg("model=dit_elt", "N=1", "Lmax=2", "trainer.max_steps=1"))["ckpt_path"]
     out = tmp_path / "eval"
-    rows = evaluate(eval_cfg(ckpt, out, eval_cache, "logger=wandb", "eval.loops=[2]", "eval.reference_rows=false"))["rows"]
+    rows = evaluate(eval_cfg(ckpt, out, eval_cache, "logger=wandb", "eval.loops=[2]", "eval.reference_rows=false",
+                             "eval.precision_recall=3"))["rows"]
     assert [r["loops"] for r in rows] == [2] and rows[0]["fid_digits_cnn"] > 0
+    assert 0 <= rows[0]["precision_digits_cnn"] <= 1 and 0 <= rows[0]["recall_digits_cnn"] <= 1
     tables = list(out.glob("wandb/offline-run-*/files/media/table/eval/results_*.table.json"))
     assert len(tables) == 1
     logged = json.loads(tables[0].read_text())
