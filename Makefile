@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO := outputs/demo
 export ELT_ROOT := $(CURDIR)
 
-.PHONY: install demo demo-maskgit demo-dit test test-slow bench clean
+.PHONY: install demo demo-maskgit demo-vanilla demo-baseline demo-dit test test-slow bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,16 @@ demo: demo-maskgit
 demo-maskgit: install
 	$(PY) train.py experiment=digits_maskgit hydra.run.dir=$(DEMO)/maskgit_ilsd
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_ilsd/eval
+
+# The same model without ILSD: intermediate loops were never trained to be read out.
+demo-vanilla: install
+	$(PY) train.py experiment=digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/maskgit_vanilla
+	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_vanilla/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_vanilla/eval
+
+# Non-looped baseline at the same effective depth: 8 unique layers run once.
+demo-baseline: install
+	$(PY) train.py experiment=digits_maskgit N=8 Lmax=1 hydra.run.dir=$(DEMO)/maskgit_8Nx1L
+	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_8Nx1L/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_8Nx1L/eval
 
 test: install
 	$(PY) -m pytest -q
