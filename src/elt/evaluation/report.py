@@ -16,7 +16,7 @@ SHOWN = {"name": "row", "loops": "L", "num_samples": "n", "gflops_per_sample": "
 def metric_columns(rows: list[dict]) -> list[str]:
     seen = []
     for r in rows:
-        seen += [k for k in r if k not in BASE_COLUMNS and k not in seen and k != "settings"]
+        seen += [k for k in r if k not in BASE_COLUMNS and k not in seen]
     # Fréchet distances first (they rank models), then IS, accuracy, precision/recall
     order = ("fid", "fvd", "is", "acc", "precision", "recall")
     return sorted(seen, key=lambda k: (next((i for i, p in enumerate(order) if k.startswith(p)), len(order)), k))

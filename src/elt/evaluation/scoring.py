@@ -92,7 +92,8 @@ def reference_statistics(extractor: FeatureExtractor, dataset, tag: str, data_ke
             scorer.add(images)
             bar.update(len(images))
     mu, sigma = scorer.stats[extractor.name].mean_cov()
-    ref = {"mu": mu, "sigma": sigma, "features": scorer.kept_features(extractor.name), "n": np.array(len(dataset))}
+    ref = {"mu": mu, "sigma": sigma, "features": scorer.kept_features(extractor.name).astype(np.float32),  # k-NN only
+           "n": np.array(len(dataset))}
     with atomic_path(path) as tmp:
         np.savez(tmp, **ref)
     return ref
