@@ -94,9 +94,7 @@ class MaskGITELT(LoopedGenerativeModule):
         n_masked = torch.ceil(cosine_schedule(torch.rand(b, generator=generator, device=dev)) * t).long().clamp(1, t)
         rank = torch.rand(b, t, generator=generator, device=dev).argsort(1).argsort(1)
         mask = rank < n_masked[:, None]
-        if self.training and self.label_drop > 0:
-            drop = torch.rand(b, generator=generator, device=dev) < self.label_drop
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        labels = self.drop_labels(labels, generator)
         inputs = {"tokens": torch.where(mask, torch.full_like(tokens, self.mask_id), tokens), "labels": labels}
         return inputs, {"tokens": tokens, "mask": mask}
 
@@ -111,15 +109,6 @@ class MaskGITELT(LoopedGenerativeModule):
         return -(p_teacher * student_logits[m].float().log_softmax(-1)).sum(-1).mean()
 
     # ---- sampling ------------------------------------------------------------------------------
-    def guided_logits(self, tokens, labels, loops: int, cfg_scale: float) -> torch.Tensor:
-        if cfg_scale == 1.0:
-            (logits,) = self.predict({"tokens": tokens, "labels": labels}, loops, [loops])
-            return logits.float()
-        null = torch.full_like(labels, self.num_classes)
-        both = {"tokens": torch.cat([tokens, tokens]), "labels": torch.cat([labels, null])}
-        cond, uncond = self.predict(both, loops, [loops])[0].float().chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
-
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, loops: int, generator: torch.Generator | None = None,
                progress: bool = False, **overrides) -> torch.Tensor:
@@ -130,7 +119,7 @@ class MaskGITELT(LoopedGenerativeModule):
         b, t = len(labels), self.tokenizer.num_tokens
         tokens = torch.full((b, t), self.mask_id, dtype=torch.long, device=dev)
         for k in trange(steps, disable=not progress, desc=f"decode L={loops}", leave=False):
-            logits = self.guided_logits(tokens, labels, loops, float(cfg["cfg_scale"]))
+            logits = self.guided_predict({"tokens": tokens, "labels": labels}, loops, float(cfg["cfg_scale"]))
             ratio = (k + 1) / steps
             temp = cfg["temperature_end"] + (cfg["temperature_start"] - cfg["temperature_end"]) * (1 - ratio)
             sampled = (logits / max(temp, 1e-6) + gumbel(logits.shape, generator, dev)).argmax(-1)
