@@ -35,6 +35,11 @@ demo-baseline: install
 	$(PY) train.py experiment=digits_maskgit N=8 Lmax=1 hydra.run.dir=$(DEMO)/maskgit_8Nx1L
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_8Nx1L/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_8Nx1L/eval
 
+# DiT-ELT 2N×4L with ILSD on the digits (1500 steps; ~10 CPU-minutes of training).
+demo-dit: install
+	$(PY) train.py experiment=digits_dit hydra.run.dir=$(DEMO)/dit_ilsd
+	$(PY) eval.py ckpt_path=$(DEMO)/dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/dit_ilsd/eval
+
 test: install
 	$(PY) -m pytest -q
 

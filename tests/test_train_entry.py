@@ -40,6 +40,11 @@ def test_every_experiment_runs_one_step(train_cfg, experiment):
     assert out["ckpt_path"]
 
 
+def test_last_checkpoint_holds_the_final_step(train_cfg):
+    out = train(train_cfg("trainer.max_steps=3", "callbacks.model_checkpoint.every_n_train_steps=2"))
+    assert torch.load(out["ckpt_path"], weights_only=False)["global_step"] == 3
+
+
 def test_resume_continues_from_checkpoint(train_cfg):
     out = train(train_cfg("trainer.max_steps=2"))
     resumed = train(train_cfg("trainer.max_steps=3", f"ckpt_path={out['ckpt_path']}"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -47,5 +48,15 @@ def train(cfg: DictConfig) -> dict:
     log.info("%s: %s N=%d Lmax=%d, %.2fM parameters", cfg.run_name, type(model).__name__, cfg.N, cfg.Lmax, n_params / 1e6)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    ckpt = next((c for c in trainer.checkpoint_callbacks if c.last_model_path), None)
-    return {"metrics": metrics, "ckpt_path": ckpt.last_model_path if ckpt else None, "num_params": n_params}
+    return {"metrics": metrics, "ckpt_path": save_final(trainer), "num_params": n_params}
+
+
+def save_final(trainer) -> str | None:
+    """Write ``last.ckpt`` at the final step: ModelCheckpoint's periodic saves miss the steps after
+    the last multiple of ``every_n_train_steps``, and eval.py reads ``last.ckpt``."""
+    callback = next((c for c in trainer.checkpoint_callbacks if c.save_last and c.dirpath), None)
+    if callback is None:
+        return None
+    path = str(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+    trainer.save_checkpoint(path)
+    return path
