@@ -144,7 +144,7 @@ def test_dit_checkpoint_with_precision_recall_and_wandb_offline(train_cfg, eval_
 
 
 def test_notebook_runs_top_to_bottom(tiny_ckpt, eval_cache, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
+    import nbformat  # a pinned dev dependency: a missing one must fail, not skip
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "notebooks" / "anytime_inference.ipynb", as_version=4)

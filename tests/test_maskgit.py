@@ -67,6 +67,11 @@ def test_guidance_scale_zero_is_the_unconditional_model():
     assert model.network_evals_per_sample(steps=4, cfg_scale=1.0) == 4
 
 
+def test_zero_sampler_steps_rejected():
+    with pytest.raises(ValueError, match="steps"):
+        tiny_maskgit().sample(torch.arange(2), loops=1, steps=0)
+
+
 def test_unknown_sampler_option_is_named():
     with pytest.raises(ValueError, match="stepz"):
         tiny_maskgit().sample(torch.arange(2), loops=1, stepz=3)

@@ -33,6 +33,8 @@ def test_one_step_train_writes_a_reloadable_checkpoint(train_cfg, model, ilsd):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_one_step(train_cfg, experiment):
     cfg = train_cfg(f"experiment={experiment}")
+    assert cfg.model.name.split("_")[0] in experiment  # the experiment selects its own model family
+    assert cfg.N >= 1 and cfg.Lmax >= 1
     with_overrides = train_cfg(f"experiment={experiment}", "trainer.max_steps=1", "scale.width=32", "scale.heads=2",
                                "scale.mlp_dim=64", "data.batch_size=8")
     assert cfg.run_name

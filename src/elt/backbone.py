@@ -96,7 +96,8 @@ class LoopedBackbone(nn.Module):
         self.init_weights(effective_depth=N * Lmax)
 
     def init_weights(self, effective_depth: int) -> None:
-        # GPT-2 style: without it, the digits prototype stayed on the per-pixel plateau (calibration.md).
+        # GPT-2 style: without it, the digits prototype stayed on the per-pixel plateau
+        # for 500 steps; with it, it used context within ~1000 (our calibration notes).
         residual_std = 0.02 / math.sqrt(2 * effective_depth)
         for blk in self.blocks:
             for lin in (blk.qkv, blk.fc1):

@@ -112,9 +112,12 @@ def pick_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(spec)
+        device = torch.device(spec)
     except RuntimeError:
         raise ConfigError(f"eval.device must be auto, cpu or cuda[:i], got {spec!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"eval.device={spec} but no CUDA device is available (use auto or cpu)")
+    return device
 
 
 def build_extractors(names: list[str], cfg: DictConfig, train_cfg: DictConfig, datamodule) -> list[FeatureExtractor]:
@@ -304,6 +307,8 @@ def evaluate(cfg: DictConfig) -> dict:
     model, train_cfg = load_run(cfg.ckpt_path)
     model.to(device)
     s = read_settings(cfg, model.Lmax, model.num_classes)
+    if cfg.eval.sampler is not None and not OmegaConf.is_dict(cfg.eval.sampler):
+        raise ConfigError(f"eval.sampler must be a mapping like {{steps: 16}}, got {cfg.eval.sampler!r}")
     sampler = model.sampler_config(**(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {}))
     sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device)
     rows = sweep.rows()

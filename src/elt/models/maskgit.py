@@ -30,9 +30,9 @@ def gumbel(shape, generator, device) -> torch.Tensor:
 
 class MaskGITELT(LoopedGenerativeModule):
     DEFAULT_SAMPLER = dict(
-        steps=8,
-        temperature_start=1.0,  # token sampling temperature, linear from start to end over steps;
-        temperature_end=1.0,  # the paper's rule 0.5 + 0.8·(1 − (k+1)/K) is start=1.3, end=0.5
+        steps=24,  # the paper's ImageNet setting
+        temperature_start=1.3,  # token sampling temperature, linear from start to end over steps:
+        temperature_end=0.5,  # the paper's rule 0.5 + 0.8·(1 − (k+1)/K)
         choice_temperature=4.5,  # Gumbel noise on confidence, annealed to 0 (MaskGIT)
         cfg_scale=1.0,  # guided = uncond + s·(cond − uncond): 1 = plain conditional, 0 = unconditional
     )
@@ -115,6 +115,8 @@ class MaskGITELT(LoopedGenerativeModule):
         """MaskGIT parallel decoding with the same loop count at every step."""
         cfg = self.sampler_config(**overrides)
         steps, dev = int(cfg["steps"]), self.device
+        if steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {steps}")
         labels = labels.to(dev)
         b, t = len(labels), self.tokenizer.num_tokens
         tokens = torch.full((b, t), self.mask_id, dtype=torch.long, device=dev)
