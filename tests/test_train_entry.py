@@ -47,6 +47,11 @@ def test_last_checkpoint_holds_the_final_step(train_cfg):
     assert torch.load(out["ckpt_path"], weights_only=False)["global_step"] == 3
 
 
+@pytest.mark.parametrize("override", ["logger=none", "debug=fdr"])
+def test_runs_without_loggers(train_cfg, override):
+    assert train(train_cfg(override))["metrics"]
+
+
 def test_resume_continues_from_checkpoint(train_cfg):
     out = train(train_cfg("trainer.max_steps=2"))
     resumed = train(train_cfg("trainer.max_steps=3", f"ckpt_path={out['ckpt_path']}"))
