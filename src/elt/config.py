@@ -8,7 +8,7 @@ class ConfigError(ValueError):
     pass
 
 
-def _int(cfg: DictConfig, key: str, minimum: int) -> int:
+def require_int(cfg: DictConfig, key: str, minimum: int) -> int:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
@@ -16,15 +16,15 @@ def _int(cfg: DictConfig, key: str, minimum: int) -> int:
 
 
 def validate_train(cfg: DictConfig) -> None:
-    _int(cfg, "N", 1)
-    lmax = _int(cfg, "Lmax", 1)
-    width, heads = _int(cfg, "scale.width", 1), _int(cfg, "scale.heads", 1)
+    require_int(cfg, "N", 1)
+    lmax = require_int(cfg, "Lmax", 1)
+    width, heads = require_int(cfg, "scale.width", 1), require_int(cfg, "scale.heads", 1)
     if width % heads:
         raise ConfigError(f"scale.width ({width}) must be divisible by scale.heads ({heads})")
-    _int(cfg, "data.batch_size", 1)
+    require_int(cfg, "data.batch_size", 1)
     ilsd = cfg.ilsd
     if ilsd.enabled and lmax > 1:
-        lmin = _int(cfg, "ilsd.Lmin", 1)
+        lmin = require_int(cfg, "ilsd.Lmin", 1)
         if lmin >= lmax:
             raise ConfigError(f"ilsd.Lmin must be < Lmax (student exits strictly before the teacher), got Lmin={lmin}, Lmax={lmax}")
     if ilsd.schedule not in ("linear", "cosine", "constant"):

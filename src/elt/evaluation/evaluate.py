@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from elt.checkpoint import load_run
 from elt.config import ConfigError
-from elt.config import _int as require_int
+from elt.config import require_int
 from elt.evaluation import judges
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.extractors import I3D, FeatureExtractor, InceptionV3, JudgeExtractor
