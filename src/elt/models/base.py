@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from elt.ilsd import draw_lint, ilsd_objective
+from elt.ilsd import ILSDCallback, draw_lint, ilsd_objective
 
 
 class LoopedGenerativeModule(L.LightningModule):
@@ -22,8 +22,12 @@ class LoopedGenerativeModule(L.LightningModule):
         ilsd: dict | None = None,
         optimizer: Any = None,
         scheduler: dict | None = None,
+        label_drop: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= label_drop < 1.0:
+            raise ValueError(f"model.label_drop must be in [0, 1), got {label_drop}")
+        self.label_drop = float(label_drop)  # share of training labels replaced by the null class
         self.N, self.Lmax, self.num_classes = int(N), int(Lmax), int(num_classes)
         ilsd = dict(ilsd or {})
         self.ilsd_enabled = bool(ilsd.get("enabled", True))
@@ -83,8 +87,6 @@ class LoopedGenerativeModule(L.LightningModule):
         return loss
 
     def on_train_start(self):
-        from elt.ilsd import ILSDCallback
-
         if self.ilsd_active and not any(isinstance(c, ILSDCallback) for c in self.trainer.callbacks):
             raise RuntimeError("ILSD is enabled but the trainer has no ILSDCallback to schedule λ (callbacks.ilsd)")
 
@@ -136,10 +138,9 @@ class LoopedGenerativeModule(L.LightningModule):
     def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training only: replace ``self.label_drop`` of the labels by the null class (index
         num_classes), which classifier-free guidance needs as its unconditional model."""
-        rate = float(getattr(self, "label_drop", 0.0))
-        if not self.training or rate <= 0:
+        if not self.training or self.label_drop <= 0:
             return labels
-        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < rate
+        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.label_drop
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
     def guided_predict(self, inputs: dict, loops: int, cfg_scale: float, post=None) -> torch.Tensor:

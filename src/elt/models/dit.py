@@ -83,17 +83,16 @@ class DiTELT(LoopedGenerativeModule):
         dropout: float = 0.0,
         name: str = "dit_elt",
     ):
-        super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler,
+                         label_drop=label_drop)
         self.save_hyperparameters(logger=False, ignore=["autoencoder", "optimizer"])
         if prediction not in D.PREDICTIONS:
             raise ValueError(f"model.prediction must be one of {D.PREDICTIONS}, got {prediction!r}")
-        if not 0.0 <= label_drop < 1.0:
-            raise ValueError(f"model.label_drop must be in [0, 1), got {label_drop}")
         c, h, w = autoencoder.latent_shape
         if patch_size < 1 or h % patch_size or w % patch_size:
             raise ValueError(f"model.patch_size ({patch_size}) must divide the latent height and width ({h}, {w})")
         self.autoencoder = autoencoder
-        self.prediction, self.label_drop, self.loss_bias = prediction, float(label_drop), float(loss_bias)
+        self.prediction, self.loss_bias = prediction, float(loss_bias)
         self.patch_size, self.channels = int(patch_size), int(c)
         self.grid = (h // patch_size, w // patch_size)
         self.schedule = self.build_schedule(dict(schedule or {}), resolution=h)

@@ -56,10 +56,10 @@ class MaskGITELT(LoopedGenerativeModule):
         dropout: float = 0.0,
         name: str = "maskgit_elt",
     ):
-        super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler,
+                         label_drop=label_drop)
         self.save_hyperparameters(logger=False, ignore=["tokenizer", "optimizer"])
         self.tokenizer = tokenizer
-        self.label_drop = float(label_drop)
         self.sampler_defaults = {**self.DEFAULT_SAMPLER, **dict(sampler or {})}
         vocab, seq = tokenizer.vocab_size, tokenizer.num_tokens
         self.mask_id = vocab
