@@ -1,3 +1,4 @@
 from elt.data.digits import DigitsDataModule
+from elt.data.moving_digits import MovingDigitsDataModule
 
-__all__ = ["DigitsDataModule"]
+__all__ = ["DigitsDataModule", "MovingDigitsDataModule"]

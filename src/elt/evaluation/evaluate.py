@@ -26,7 +26,7 @@ from elt.config import require_int
 from elt.evaluation import judges
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.extractors import I3D, FeatureExtractor, InceptionV3, JudgeExtractor
-from elt.evaluation.files import file_fingerprint, fingerprint, write_text_atomic
+from elt.files import file_fingerprint, fingerprint, write_text_atomic
 from elt.evaluation.plots import quality_figure, save_figure, save_grid
 from elt.evaluation.report import log_to_loggers, quality_metrics, write_tables
 from elt.evaluation.scoring import Scorer, dataset_batches, reference_statistics

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from elt.evaluation.files import file_fingerprint
+from elt.files import file_fingerprint
 from elt.tokenizers import require_local_file
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF weights

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import trange
 
-from elt.evaluation.files import atomic_path, fingerprint
+from elt.files import atomic_path, fingerprint
 
 log = logging.getLogger(__name__)
 

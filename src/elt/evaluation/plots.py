@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elt.evaluation.files import atomic_path
+from elt.files import atomic_path
 
 MIN_CELL_PIXELS = 64  # 8×8 digits are upscaled (nearest neighbour) to stay visible
 

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from elt.evaluation.files import write_text_atomic
+from elt.files import write_text_atomic
 
 BASE_COLUMNS = ["name", "row", "loops", "extrapolated", "num_samples", "gflops_per_sample", "wall_s_per_sample"]
 SHOWN = {"name": "row", "loops": "L", "num_samples": "n", "gflops_per_sample": "GFLOPs/sample", "wall_s_per_sample": "s/sample"}

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from elt.evaluation.extractors import FeatureExtractor
-from elt.evaluation.files import atomic_path, fingerprint
+from elt.files import atomic_path, fingerprint
 from elt.evaluation.metrics import FeatureStats, frechet_distance, inception_score, precision_recall
 
 log = logging.getLogger(__name__)
