@@ -40,7 +40,7 @@ def train_cfg(tmp_path):
             "scale=tiny", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
             "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1",
-            "data.batch_size=16", "model.scheduler.warmup_steps=1",
+            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={tmp_path / 'cache'}",
         ]
         return compose_cfg("train", base + list(overrides), tmp_path / "train")
 

@@ -9,7 +9,8 @@ from elt.checkpoint import load_run
 from elt.train import train
 
 MODELS = sorted(p.stem for p in (Path(CONFIGS) / "model").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIGS) / "experiment").glob("*.yaml"))
+# experiments on the embedded data run here; the real-data ones (ucf101_*) are shape-checked in test_video.py
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIGS) / "experiment").glob("*.yaml") if not p.stem.startswith("ucf101"))
 
 
 @pytest.mark.parametrize("model", MODELS)

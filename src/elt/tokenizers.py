@@ -1,8 +1,10 @@
 """Tokenizer / autoencoder seam between data and models.
 
 MaskGIT-ELT models discrete tokens (``Tokenizer``); DiT-ELT denoises continuous latents
-(``Autoencoder``). The embedded datasets use lossless pixel versions of both; VQGAN/MAGVIT and the
-SD VAE plug into the same interfaces from local weight files.
+(``Autoencoder``). The embedded datasets use lossless pixel versions of both. Pretrained networks
+(VQGAN, MAGVIT, the SD VAE) come in as TorchScript files with ``encode``/``decode`` methods
+(``ScriptedTokenizer``/``ScriptedAutoencoder``): one format whatever framework trained them, read
+from a local path only. Shapes: images [B, C, H, W], videos [B, C, T, H, W], both in [0, 1].
 """
 from __future__ import annotations
 
@@ -85,3 +87,66 @@ def require_local_file(path: str | Path | None, what: str, how_to_get: str) -> P
     if not p.is_file():
         raise FileNotFoundError(f"{what}: file not found: {p}; {how_to_get}")
     return p
+
+
+class ScriptedNetwork:
+    """A TorchScript file exporting ``encode`` and ``decode``, loaded once from a local path and
+    moved to whichever device its input lives on (the wrappers are not nn.Modules: the frozen
+    network stays out of the model's parameters and checkpoints)."""
+
+    def __init__(self, path, what: str, how_to_get: str):
+        p = require_local_file(path, what, how_to_get)
+        try:
+            self.net = torch.jit.load(str(p), map_location="cpu").eval()
+        except Exception as e:
+            raise ValueError(f"{what} {p} is not a loadable TorchScript file ({type(e).__name__}: {str(e)[:200]})") from None
+        missing = [m for m in ("encode", "decode") if not hasattr(self.net, m)]
+        if missing:
+            raise ValueError(f"{what} {p} has no {' or '.join(missing)} method; export a module with encode() and decode()")
+        self.what, self.path = what, p
+
+    @torch.no_grad()
+    def call(self, method: str, x: torch.Tensor, want_shape: tuple[int, ...]) -> torch.Tensor:
+        self.net.to(x.device)
+        out = getattr(self.net, method)(x)
+        if tuple(out.shape[1:]) != tuple(want_shape):
+            raise ValueError(f"{self.what} {self.path}: {method}() gave shape {tuple(out.shape[1:])} per item, "
+                             f"the config says {tuple(want_shape)}")
+        return out
+
+
+class ScriptedTokenizer(Tokenizer):
+    """VQGAN / MAGVIT from a TorchScript file: ``encode`` maps [B, *image_shape] in [0, 1] to token
+    ids [B, *grid_shape]; ``decode`` maps them back."""
+
+    def __init__(self, path, vocab_size: int, grid_shape, image_shape, how_to_get: str = "export it to TorchScript"):
+        self.vocab_size = int(vocab_size)
+        self.grid_shape, self.image_shape = tuple(int(g) for g in grid_shape), tuple(int(s) for s in image_shape)
+        self.net = ScriptedNetwork(path, "tokenizer", how_to_get)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.net.call("encode", images, self.grid_shape).long()
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"tokenizer {self.net.path}: token ids outside [0, {self.vocab_size}) "
+                             f"(got {int(tokens.min())}..{int(tokens.max())}); check data.tokenizer.vocab_size")
+        return tokens.flatten(1)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        grid = tokens.view(-1, *self.grid_shape)
+        return self.net.call("decode", grid, self.image_shape).float().clamp(0, 1)
+
+
+class ScriptedAutoencoder(Autoencoder):
+    """The SD VAE or a video VAE from a TorchScript file; ``scale`` multiplies latents to roughly
+    unit variance (0.18215 for the SD VAE)."""
+
+    def __init__(self, path, latent_shape, image_shape, scale: float = 1.0, how_to_get: str = "export it to TorchScript"):
+        self.latent_shape, self.image_shape = tuple(int(s) for s in latent_shape), tuple(int(s) for s in image_shape)
+        self.scale = float(scale)
+        self.net = ScriptedNetwork(path, "autoencoder", how_to_get)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.call("encode", images, self.latent_shape).float() * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.net.call("decode", latents / self.scale, self.image_shape).float().clamp(0, 1)

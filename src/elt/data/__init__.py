@@ -1,4 +1,5 @@
 from elt.data.digits import DigitsDataModule
 from elt.data.moving_digits import MovingDigitsDataModule
+from elt.data.ucf101 import UCF101DataModule
 
-__all__ = ["DigitsDataModule", "MovingDigitsDataModule"]
+__all__ = ["DigitsDataModule", "MovingDigitsDataModule", "UCF101DataModule"]

@@ -1,6 +1,6 @@
 """MaskGIT-ELT: class-conditional masked token modelling on the looped backbone.
 
-Bidirectional transformer over [class token, image tokens]; loss = cross-entropy on the masked
+Bidirectional transformer over [class token, image or video tokens]; loss = cross-entropy on the masked
 positions (cosine mask ratio); 10% label drop trains the null class used by guidance. The sampler
 is MaskGIT's parallel decoding and takes ``loops=L`` like everything else.
 """
@@ -26,6 +26,15 @@ def cosine_schedule(ratio: torch.Tensor | float):
 def gumbel(shape, generator, device) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
     return -torch.log(-torch.log(u))
+
+
+def grid_frames(grid_shape) -> tuple[int, int]:
+    """(frames, tokens per frame) of a token grid (..., H, W): leading axes are frames, e.g.
+    (T, H, W) for video, (1, H, W) for gray images, (4, 16, 16) for MAGVIT's UCF-101 tokens."""
+    grid = tuple(int(g) for g in grid_shape)
+    if len(grid) < 2:
+        return 1, math.prod(grid)
+    return math.prod(grid[:-2]), grid[-2] * grid[-1]
 
 
 class MaskGITELT(LoopedGenerativeModule):
@@ -61,11 +70,13 @@ class MaskGITELT(LoopedGenerativeModule):
         self.save_hyperparameters(logger=False, ignore=["tokenizer", "optimizer"])
         self.tokenizer = tokenizer
         self.sampler_defaults = {**self.DEFAULT_SAMPLER, **dict(sampler or {})}
-        vocab, seq = tokenizer.vocab_size, tokenizer.num_tokens
+        vocab = tokenizer.vocab_size
         self.mask_id = vocab
         self.token_embed = nn.Embedding(vocab + 1, width)  # + [MASK]
         self.class_embed = nn.Embedding(num_classes + 1, width)  # + null class for guidance
-        self.pos_embed = nn.Parameter(torch.zeros(1, seq + 1, width))
+        frames, frame_tokens = grid_frames(tokenizer.grid_shape)
+        # factorised positions: [class, one frame's H·W] table + a per-frame table for videos
+        self.pos_embed = nn.Parameter(torch.zeros(1, frame_tokens + 1, width))
         self.backbone = LoopedBackbone(
             width, heads, N, mlp_dim, Lmax=Lmax, input_injection=input_injection,
             loop_embedding=loop_embedding, dropout=dropout,
@@ -74,11 +85,20 @@ class MaskGITELT(LoopedGenerativeModule):
         for t in (self.token_embed.weight, self.class_embed.weight, self.pos_embed, self.head[1].weight):
             nn.init.normal_(t, std=0.02)
         nn.init.zeros_(self.head[1].bias)
+        # created last, and only for videos, so image models keep their exact initialisation
+        self.frame_embed = nn.Parameter(torch.randn(frames, width) * 0.02) if frames > 1 else None
+
+    def positions(self) -> torch.Tensor:
+        """[1, 1 + tokens, width]: frame t's token (h, w) gets space[h, w] + frame[t]."""
+        if self.frame_embed is None:
+            return self.pos_embed
+        cls, space = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        return torch.cat([cls, (space[:, None] + self.frame_embed[None, :, None]).flatten(1, 2)], dim=1)
 
     # ---- network -----------------------------------------------------------------------------
     def predict(self, inputs, loops: int, exits: list[int]) -> list[torch.Tensor]:
         h = torch.cat([self.class_embed(inputs["labels"])[:, None], self.token_embed(inputs["tokens"])], dim=1)
-        states = self.backbone(h + self.pos_embed, loops=loops, exits=exits)
+        states = self.backbone(h + self.positions(), loops=loops, exits=exits)
         return [self.head(s[:, 1:]) for s in states]  # logits [B, T, vocab]
 
     def flops_per_eval(self, loops: int) -> float:
