@@ -1,11 +1,13 @@
-"""DiT-ELT: DiT fidelity, the conditioning contract, losses, sampling, EMA, the real entry points."""
+"""DiT-ELT: DiT fidelity, the conditioning contract, losses, sampling, EMA, video latents, the real entry points."""
 import math
 
 import pytest
 import torch
 
+from elt import diffusion as D
 from elt.checkpoint import load_run
 from elt.models import DiTELT
+from elt.models.dit import sincos_1d, sincos_2d
 from elt.train import train
 from elt.tokenizers import PixelAutoencoder
 from helpers import CallCounter, digits_batch
@@ -160,16 +162,112 @@ def test_sampling_uses_the_ema_weights_which_live_in_the_state_dict():
     torch.testing.assert_close(run(twin.eval()), default)
 
 
-def test_flops_per_eval_matches_the_flop_counter():
+@pytest.mark.parametrize("latent,temporal_patch", [((1, 8, 8), 1), ((2, 4, 8, 4), 2)], ids=["image", "video"])
+def test_flops_per_eval_matches_the_flop_counter(latent, temporal_patch):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = tiny_dit(N=2, Lmax=3)
-    inputs = {"z": torch.randn(1, 1, 8, 8), "t": torch.rand(1), "labels": torch.tensor([3])}
+    model = tiny_dit(N=2, Lmax=3, latent=latent, temporal_patch=temporal_patch)
+    inputs = {"z": torch.randn(1, *latent), "t": torch.rand(1), "labels": torch.tensor([3])}
     # the math backend: the counter does not see the fused CPU attention kernel's matmuls
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model.predict(inputs, loops=3, exits=[3])
     assert model.flops_per_eval(3) == counter.get_total_flops()
+
+
+# ---- video latents (C, T, H, W) ---------------------------------------------------------------
+VIDEO = (1, 4, 8, 8)
+
+
+def video_batch(n: int = 8, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(n, *VIDEO, generator=g), "label": torch.randint(0, 10, (n,), generator=g)}
+
+
+def patchify(z: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
+    """Reference: [B, C, *dims] -> [B, tokens, prod(patch)·C], tokens row-major, patch axes then channel."""
+    b, c, *dims = z.shape
+    n = len(dims)
+    z = z.reshape(b, c, *(x for d, k in zip(dims, patch) for x in (d // k, k)))
+    z = z.permute(0, *range(2, 2 + 2 * n, 2), *range(3, 3 + 2 * n, 2), 1)
+    return z.reshape(b, math.prod(d // k for d, k in zip(dims, patch)), -1)
+
+
+@pytest.mark.parametrize(
+    "latent,temporal_patch,grid",
+    [((3, 8, 4), 1, (4, 2)), ((2, 4, 8, 4), 1, (4, 4, 2)), ((2, 4, 8, 4), 2, (2, 4, 2))],
+    ids=["image", "video", "video-tubelet2"],
+)
+def test_token_grid_patch_embedding_and_unpatchify_agree(latent, temporal_patch, grid):
+    model = tiny_dit(latent=latent, temporal_patch=temporal_patch)
+    seq, patch = math.prod(grid), (temporal_patch,) * (len(latent) - 3) + (2, 2)
+    assert model.grid == grid and model.pos_embed.shape == (1, seq, 32)
+    z = torch.randn(2, *latent)
+    ref = patchify(z, patch)  # [2, seq, prod(patch)·C]
+    assert ref.shape == (2, seq, model.final_linear.out_features)
+    torch.testing.assert_close(model.unpatchify(ref), z)  # exact inverse, same token and in-patch order
+    # the conv sees token i's patch: its output is that patch vector times the flattened kernel
+    kernel = model.patch_embed.weight.movedim(1, -1).reshape(32, -1)
+    tokens = model.patch_embed(z).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens, ref @ kernel.T + model.patch_embed.bias, rtol=1e-4, atol=1e-5)
+    sigma = tiny_dit(latent=latent, temporal_patch=temporal_patch, learn_sigma=True)
+    out = torch.randn(2, seq, sigma.final_linear.out_features)
+    assert sigma.unpatchify(out).shape == (2, *latent)  # the variance channels are dropped
+
+
+def test_video_positions_are_the_image_table_per_frame_plus_a_temporal_table():
+    model = tiny_dit(latent=VIDEO)  # grid (4, 4, 4)
+    temporal = model.pos_embed[0].view(4, 16, 32) - sincos_2d(32, 4, 4)  # what is left after the spatial part
+    torch.testing.assert_close(temporal, temporal[:, :1].expand_as(temporal))  # one code per frame
+    torch.testing.assert_close(temporal[:, 0], sincos_1d(32, torch.arange(4)).float())
+    distances = torch.cdist(temporal[:, 0], temporal[:, 0])
+    assert (distances + torch.eye(4)).min() > 0.1  # every frame index has its own code
+    torch.testing.assert_close(tiny_dit().pos_embed[0], sincos_2d(32, 4, 4), rtol=0, atol=0)  # images: unchanged
+
+
+@pytest.mark.parametrize("latent,temporal_patch", [(VIDEO, 3), (VIDEO, 0), ((1, 8, 8), 2)])
+def test_bad_temporal_patch_is_named_in_one_line(latent, temporal_patch):
+    with pytest.raises(ValueError, match=r"^model\.temporal_patch") as err:
+        tiny_dit(latent=latent, temporal_patch=temporal_patch)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_latent_rank_is_named():
+    with pytest.raises(ValueError, match=r"model\.autoencoder.*\(C, T, H, W\)"):
+        tiny_dit(latent=(1, 2, 4, 8, 8))
+
+
+def test_diffusion_process_treats_video_latents_per_sample():
+    """5-d latents give exactly what the same numbers laid out as 4-d images give."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps, pred = (torch.randn(3, *VIDEO, generator=g) for _ in range(3))
+    logsnr, weight = torch.tensor([-3.0, 0.0, 4.0]), torch.rand(3, generator=g)
+    image = lambda x: x.reshape(3, 1, 32, 8)
+    z = D.diffuse(x0, eps, logsnr)
+    torch.testing.assert_close(image(z), D.diffuse(image(x0), image(eps), logsnr))
+    for kind in D.PREDICTIONS:
+        torch.testing.assert_close(image(D.to_x0(pred, z, logsnr, kind)), D.to_x0(image(pred), image(z), logsnr, kind))
+    torch.testing.assert_close(D.weighted_mse(pred, x0, weight), D.weighted_mse(image(pred), image(x0), weight))
+    assert D.weighted_mse(pred, x0, torch.tensor([1.0, 0.0, 0.0])) == pytest.approx((pred[0] - x0[0]).pow(2).mean().item() / 3)
+
+
+def test_video_ilsd_training_step_and_ddim_sampling():
+    model = tiny_dit(latent=VIDEO, temporal_patch=2).train()
+    randomise_zero_init(model)
+    model.ilsd_lambda = 0.5
+    loss, parts = model.loss(video_batch(8))
+    assert torch.isfinite(loss) and set(parts) == {"teacher_gt", "student_gt", "student_dist"}
+    loss.backward()
+    assert model.patch_embed.weight.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    # cfg_scale 2: the conditional and null halves go through one doubled 5-d batch
+    run = lambda seed: model.sample(torch.arange(3), loops=2, generator=torch.Generator().manual_seed(seed),
+                                    kind="ddim", steps=3, cfg_scale=2.0)
+    video = run(0)
+    assert video.shape == (3, *VIDEO) and torch.isfinite(video).all()
+    assert video.min() >= 0 and video.max() <= 1 and video.std() > 0
+    assert torch.equal(video, run(0))
 
 
 # ---- the real entry points ------------------------------------------------------------------
@@ -198,3 +296,16 @@ def test_one_step_train_then_evaluate_every_loop(train_cfg, tmp_path):
     assert [r["loops"] for r in model_rows] == [1, 2]
     assert all(r["gflops_per_sample"] > 0 for r in model_rows)
     assert (tmp_path / "eval" / "grids" / "L2.png").is_file()
+
+
+def test_one_step_video_train_on_moving_digits_then_reload_and_sample(train_cfg, tmp_path):
+    cache = tmp_path / "cache"  # the rendered videos go here, never into the repo's data/cache
+    out = train(train_cfg("model=dit_elt", "data=moving_digits", "N=1", "Lmax=2",  # 2 steps, then validation
+                          "data.batch_size=8", "model.sampler.steps=2", f"paths.cache_dir={cache}"))
+    assert torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
+    assert all(f"val/loss_L{l}" in out["metrics"] for l in (1, 2))
+    assert list((cache / "data").glob("moving_digits_*.npz"))
+    model, stored = load_run(out["ckpt_path"])
+    assert stored.data.name == "moving_digits" and model.grid == (4, 6, 6)
+    videos = model.sample(torch.arange(2), loops=2, generator=torch.Generator().manual_seed(0), kind="ddim")
+    assert videos.shape == (2, 1, 4, 12, 12) and videos.min() >= 0 and videos.max() <= 1

@@ -1,12 +1,14 @@
 """DiT-ELT: class-conditional diffusion whose denoiser is the shared looped backbone.
 
 DiT's layout (facebookresearch/DiT): patchify any (C, H, W) latent, add fixed 2-D sin-cos
-positions, condition every block by adaLN-Zero on c = timestep embedding + class embedding (null
-class = index num_classes, 10% label drop), then an adaLN final layer and unpatchify. Here the
-blocks are ``LoopedBackbone(cond_dim=width)``: the modulation is computed from c once per network
-evaluation and reused by every loop, and the final layer is shared by every exit (ILSD's student
-and teacher). The process (shifted-cosine logSNR, x0-prediction, sigmoid-weighted MSE, DDPM/DDIM)
-lives in ``elt.diffusion``; EMA weights live in this module's state_dict and sample by default.
+positions (videos (C, T, H, W): tubelets of temporal_patch × p × p, the 2-D table per frame plus a
+1-D one over time, as in Latte / ViViT's factorised embeddings), condition every block by adaLN-Zero
+on c = timestep embedding + class embedding (null class = index num_classes, 10% label drop), then
+an adaLN final layer and unpatchify. Here the blocks are ``LoopedBackbone(cond_dim=width)``: the
+modulation is computed from c once per network evaluation and reused by every loop, and the final
+layer is shared by every exit (ILSD's student and teacher). The process (shifted-cosine logSNR,
+x0-prediction, sigmoid-weighted MSE, DDPM/DDIM) lives in ``elt.diffusion``; EMA weights live in
+this module's state_dict and sample by default.
 """
 from __future__ import annotations
 
@@ -33,19 +35,33 @@ def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM, max_period: fl
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """[len(pos), dim] float64 table, [sin | cos] halves (DiT's 1-D building block)."""
+    half = dim // 2
+    omega = 1.0 / 10_000 ** (torch.arange(half, dtype=torch.float64) / half)
+    a = pos.flatten().double()[:, None] * omega[None]
+    return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
+
+
 def sincos_2d(width: int, h: int, w: int) -> torch.Tensor:
     """Fixed 2-D sin-cos position table [h·w, width]: half the channels encode the row, half the column."""
     if width % 4:
         raise ValueError(f"scale.width must be divisible by 4 for 2-D sin-cos positions, got {width}")
-    quarter = width // 4
-    omega = 1.0 / 10_000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return torch.cat([sincos_1d(width // 2, cols), sincos_1d(width // 2, rows)], dim=1).float()
 
-    def axis(pos):
-        a = pos.flatten()[:, None] * omega[None]
-        return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
 
-    return torch.cat([axis(cols), axis(rows)], dim=1).float()
+def sincos_positions(width: int, grid: tuple[int, ...]) -> torch.Tensor:
+    """[prod(grid), width] for a (h, w) or (t, h, w) token grid, tokens in row-major order.
+
+    Video: the image table for every frame plus a full-width 1-D table over the tubelet index, so
+    a frame's tokens share one spatial code and every position stays a fixed function of (t, h, w).
+    """
+    spatial = sincos_2d(width, *grid[-2:])
+    if len(grid) == 2:
+        return spatial
+    temporal = sincos_1d(width, torch.arange(grid[0])).float()
+    return (temporal[:, None] + spatial[None]).reshape(-1, width)
 
 
 class DiTELT(LoopedGenerativeModule):
@@ -67,6 +83,7 @@ class DiTELT(LoopedGenerativeModule):
         heads: int,
         mlp_dim: int,
         patch_size: int = 2,
+        temporal_patch: int = 1,
         ilsd: dict | None = None,
         optimizer=None,
         scheduler: dict | None = None,
@@ -88,21 +105,30 @@ class DiTELT(LoopedGenerativeModule):
         self.save_hyperparameters(logger=False, ignore=["autoencoder", "optimizer"])
         if prediction not in D.PREDICTIONS:
             raise ValueError(f"model.prediction must be one of {D.PREDICTIONS}, got {prediction!r}")
-        c, h, w = autoencoder.latent_shape
+        if len(autoencoder.latent_shape) not in (3, 4):
+            raise ValueError(f"model.autoencoder: latent_shape must be (C, H, W) or (C, T, H, W), "
+                             f"got {tuple(autoencoder.latent_shape)}")
+        c, *frames, h, w = autoencoder.latent_shape
         if patch_size < 1 or h % patch_size or w % patch_size:
             raise ValueError(f"model.patch_size ({patch_size}) must divide the latent height and width ({h}, {w})")
+        if frames and (temporal_patch < 1 or frames[0] % temporal_patch):
+            raise ValueError(f"model.temporal_patch ({temporal_patch}) must divide the latent frame count ({frames[0]})")
+        if not frames and temporal_patch != 1:  # silently ignoring it would hide a wrong run
+            raise ValueError(f"model.temporal_patch ({temporal_patch}) must be 1 for image latents (C, H, W)")
         self.autoencoder = autoencoder
         self.prediction, self.loss_bias = prediction, float(loss_bias)
-        self.patch_size, self.channels = int(patch_size), int(c)
-        self.grid = (h // patch_size, w // patch_size)
+        self.patch_size, self.temporal_patch, self.channels = int(patch_size), int(temporal_patch), int(c)
+        self.patch = (self.temporal_patch,) * len(frames) + (self.patch_size,) * 2  # conv kernel = stride
+        self.grid = tuple(n // k for n, k in zip((*frames, h, w), self.patch))
         self.schedule = self.build_schedule(dict(schedule or {}), resolution=h)
         self.sampler_defaults = {**self.DEFAULT_SAMPLER, **dict(sampler or {})}
         # learn_sigma: DiT's head also outputs a variance per channel. Our x0 loss ignores it; it is
         # offered only so that parameter counts can be compared with DiT's published models.
         self.out_channels = c * (2 if learn_sigma else 1)
 
-        self.patch_embed = nn.Conv2d(c, width, kernel_size=patch_size, stride=patch_size)
-        self.register_buffer("pos_embed", sincos_2d(width, *self.grid)[None], persistent=False)
+        conv = nn.Conv3d if frames else nn.Conv2d
+        self.patch_embed = conv(c, width, kernel_size=self.patch, stride=self.patch)
+        self.register_buffer("pos_embed", sincos_positions(width, self.grid)[None], persistent=False)
         self.time_embed = nn.Sequential(nn.Linear(TIME_FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
         self.class_embed = nn.Embedding(num_classes + 1, width)  # + null class for guidance
         self.backbone = LoopedBackbone(
@@ -111,7 +137,7 @@ class DiTELT(LoopedGenerativeModule):
         )
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.final_linear = nn.Linear(width, patch_size * patch_size * self.out_channels)
+        self.final_linear = nn.Linear(width, math.prod(self.patch) * self.out_channels)
         self.init_weights()
         # built last, from every parameter above; None = no EMA (sampling uses the live weights)
         self.ema = EMA(self.parameters(), ema_decay, ema_warmup) if ema_decay is not None else None
@@ -144,10 +170,12 @@ class DiTELT(LoopedGenerativeModule):
         return self.time_embed(timestep_embedding(t)) + self.class_embed(labels)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, p·p·C_out] -> [B, C, H, W] (the learn_sigma channels, if any, are dropped)."""
-        (gh, gw), p, c = self.grid, self.patch_size, self.out_channels
-        x = x.view(x.shape[0], gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(x.shape[0], c, gh * p, gw * p)[:, : self.channels]
+        """[B, tokens, prod(patch)·C_out] -> [B, C, (T,) H, W] (the learn_sigma channels, if any, are dropped)."""
+        grid, patch, c, n = self.grid, self.patch, self.out_channels, len(self.grid)
+        x = x.view(x.shape[0], *grid, *patch, c)
+        # [B, g0.., k0.., C] -> [B, C, g0, k0, g1, k1, ..]: each grid axis next to its patch axis
+        x = x.permute(0, 2 * n + 1, *(d for i in range(n) for d in (1 + i, 1 + n + i)))
+        return x.reshape(x.shape[0], c, *(g * k for g, k in zip(grid, patch)))[:, : self.channels]
 
     def predict(self, inputs, loops: int, exits: list[int]) -> list[torch.Tensor]:
         """One evaluation: raw outputs (in ``self.prediction`` terms) at every exit."""
@@ -158,10 +186,10 @@ class DiTELT(LoopedGenerativeModule):
         return [self.unpatchify(self.final_linear(modulate(self.final_norm(s), shift, scale))) for s in states]
 
     def flops_per_eval(self, loops: int) -> float:
-        seq, width, p = self.grid[0] * self.grid[1], self.backbone.width, self.patch_size
-        patch = 2.0 * seq * self.channels * p * p * width
+        seq, width, volume = math.prod(self.grid), self.backbone.width, math.prod(self.patch)
+        patch = 2.0 * seq * self.channels * volume * width
         time_mlp = 2.0 * (TIME_FREQ_DIM * width + width * width)
-        final = 2.0 * width * 2 * width + 2.0 * seq * width * p * p * self.out_channels
+        final = 2.0 * width * 2 * width + 2.0 * seq * width * volume * self.out_channels
         return self.backbone.flops(seq, loops) + patch + time_mlp + final
 
     # ---- training ------------------------------------------------------------------------------
