@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from elt.models.maskgit import MaskGITELT
 from elt.tokenizers import PixelTokenizer
@@ -30,3 +31,64 @@ class CallCounter:
 
     def _hook(self, *args):
         self.calls += 1
+
+
+class TinyI3D(nn.Module):
+    """StyleGAN-V's detector call convention on a network small enough for a test."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3, 12)
+
+    def forward(self, videos: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        assert videos.dtype == torch.uint8 and videos.shape[1] == 3
+        x = videos.float()
+        if rescale:
+            x = x / 127.5 - 1
+        if resize:
+            x = nn.functional.interpolate(x, size=(x.shape[2], 16, 16), mode="trilinear", align_corners=False)
+        feats = self.proj(x.mean((3, 4)).transpose(1, 2)).flatten(1)  # per-frame colour, projected
+        return feats if return_features else feats.softmax(-1)
+
+
+class TinyMagvit(torch.nn.Module):
+    """MAGVIT's interface and shapes: [B, 3, 16, 128, 128] <-> ids [B, 4, 16, 16] from 1024."""
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.nn.functional.avg_pool3d(x.mean(1, keepdim=True), (4, 8, 8))[:, 0]
+        return (g * 1023).round().long().clamp(0, 1023)
+
+    @torch.jit.export
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        v = (ids.float() / 1023)[:, None].repeat_interleave(4, 2).repeat_interleave(8, 3).repeat_interleave(8, 4)
+        return v.expand(-1, 3, -1, -1, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)
+
+
+def save_magvit_stand_in(path):
+    """A TorchScript file with MAGVIT's UCF-101 shapes, for tests of data=ucf101 (no real weights)."""
+    torch.jit.script(TinyMagvit()).save(str(path))
+    return path
+
+
+class TinyVideoVAE(torch.nn.Module):
+    """A video autoencoder's interface: [B, 3, 16, 128, 128] <-> latents [B, 4, 4, 16, 16]."""
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool3d(x, (4, 8, 8))[:, :3].repeat(1, 2, 1, 1, 1)[:, :4] * 2 - 1
+
+    @torch.jit.export
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z[:, :3] + 1) / 2).repeat_interleave(4, 2).repeat_interleave(8, 3).repeat_interleave(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)
+
+
+def save_video_vae_stand_in(path):
+    torch.jit.script(TinyVideoVAE()).save(str(path))
+    return path

@@ -13,6 +13,7 @@ from elt.data.moving_digits import DIRECTIONS, MovingDigitsDataModule, moving_di
 from elt.models.maskgit import MaskGITELT
 from elt.tokenizers import PixelTokenizer, ScriptedTokenizer
 from elt.train import train
+from helpers import save_magvit_stand_in, save_video_vae_stand_in
 
 SMALL = dict(frames=3, canvas=10, videos_per_image=1)
 
@@ -98,28 +99,9 @@ def test_maskgit_trains_on_moving_digits_through_the_entry_point(train_cfg):
 
 
 # ---- UCF-101 shapes through a TorchScript tokenizer the test makes --------------------------------------
-class TinyMagvit(torch.nn.Module):
-    """MAGVIT's interface and shapes: [B, 3, 16, 128, 128] <-> ids [B, 4, 16, 16] from 1024."""
-
-    @torch.jit.export
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.nn.functional.avg_pool3d(x.mean(1, keepdim=True), (4, 8, 8))[:, 0]
-        return (g * 1023).round().long().clamp(0, 1023)
-
-    @torch.jit.export
-    def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        v = (ids.float() / 1023)[:, None].repeat_interleave(4, 2).repeat_interleave(8, 3).repeat_interleave(8, 4)
-        return v.expand(-1, 3, -1, -1, -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode(x)
-
-
 @pytest.fixture
 def magvit_file(tmp_path):
-    path = tmp_path / "magvit.pt"
-    torch.jit.script(TinyMagvit()).save(str(path))
-    return path
+    return save_magvit_stand_in(tmp_path / "magvit.pt")
 
 
 def ucf_cfg(tmp_path, *overrides):
@@ -141,6 +123,22 @@ def test_ucf101_maskgit_runs_a_4x16x16_token_video(tmp_path, magvit_file):
     assert torch.isfinite(loss) and model.frame_embed.grad.abs().sum() > 0
     video = model.eval().sample(torch.tensor([5]), loops=2, steps=2, generator=torch.Generator().manual_seed(0))
     assert video.shape == (1, 3, 16, 128, 128)
+
+
+@pytest.mark.parametrize("patch,tokens", [(1, 4 * 16 * 16), (2, 4 * 8 * 8)])
+def test_ucf101_dit_runs_on_a_4x16x16_latent_video(tmp_path, patch, tokens):
+    vae = save_video_vae_stand_in(tmp_path / "vae.pt")
+    cfg = ucf_cfg(tmp_path, "model=dit_elt", f"data.autoencoder.path={vae}", f"model.patch_size={patch}", "scale=tiny",
+                  "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "N=1", "Lmax=2")
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.autoencoder.latent_shape == (4, 4, 16, 16) and model.pos_embed.shape == (1, tokens, 32)
+    model.ilsd_lambda = 0.5
+    batch = {"image": torch.rand(2, 3, 16, 128, 128), "label": torch.tensor([0, 100])}
+    loss, _ = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    video = model.eval().sample(torch.tensor([3]), loops=2, kind="ddim", steps=2, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 3, 16, 128, 128) and torch.isfinite(video).all()
 
 
 def test_ucf101_experiment_is_the_spec_row(tmp_path, magvit_file):
