@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import ROOT, compose_cfg
 from elt.cli import run_cli
 from elt.evaluation import evaluate
 from elt.models.maskgit import MaskGITELT
 from elt.train import train
+from helpers import TinyI3D
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +143,34 @@ def test_dit_checkpoint_with_precision_recall_and_wandb_offline(train_cfg, eval_
     logged = json.loads(tables[0].read_text())
     assert "fid_digits_cnn" in logged["columns"] and len(logged["data"]) == 1
     assert list(out.glob("wandb/offline-run-*/files/media/images/eval/figures/quality_vs_gflops*.png"))
+
+
+def test_video_checkpoint_scored_by_its_3d_judge_and_by_i3d(train_cfg, eval_cache, tmp_path):
+    """MaskGIT-ELT on moving_digits through the real train() and evaluate(): FVD in the 3D judge's
+    space at every loop count with animated grids; then the literature's network (a stand-in I3D)."""
+    ckpt = train(train_cfg("data=moving_digits", "N=1", "Lmax=2", "trainer.max_steps=1"))["ckpt_path"]
+    out = tmp_path / "eval"
+    result = evaluate(eval_cfg(ckpt, out, eval_cache))
+    rows = result["rows"]
+    assert [(r["row"], r["loops"]) for r in rows] == [("real", None), ("trivial", None), ("model", 1), ("model", 2)]
+    for r in rows:
+        assert r["fvd_moving_digits_cnn"] > 0 and 0 <= r["acc_moving_digits_cnn"] <= 1 and r["is_moving_digits_cnn"] >= 1
+        assert not {"fvd", "fid", "fid_moving_digits_cnn"} & set(r)
+    assert rows[0]["fvd_moving_digits_cnn"] < rows[1]["fvd_moving_digits_cnn"]  # real videos beat independent pixels
+    judge = json.loads((out / "results.json").read_text())["meta"]["extractors"]["moving_digits_cnn"]
+    assert judge["val_accuracy"] >= 0.9 and judge["aux_target"] == "motion"
+    assert "fvd_moving_digits_cnn" in result["table"] and "on 300 videos" in result["table"]
+    for key in ("L1", "L2", "real", "trivial"):
+        assert (out / "grids" / f"{key}.png").is_file(), key
+        with Image.open(out / "grids" / f"{key}.gif") as gif:
+            assert gif.n_frames == 4, key  # T frames, each a whole grid
+
+    weights = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(TinyI3D()).save(str(weights))
+    rows = evaluate(eval_cfg(ckpt, tmp_path / "eval_i3d", eval_cache, "eval.extractors=[i3d]", f"eval.weights.i3d={weights}",
+                             "eval.loops=[2]", "eval.reference_rows=false", "eval.reference_split=val"))["rows"]
+    assert [r["loops"] for r in rows] == [2] and rows[0]["fvd"] > 0
+    assert not any(k.endswith("_cnn") for k in rows[0])  # the literature's network: plain name, no judge
 
 
 def test_notebook_runs_top_to_bottom(tiny_ckpt, eval_cache, tmp_path):

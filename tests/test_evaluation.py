@@ -8,7 +8,6 @@ import pytest
 import scipy.linalg
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from elt.evaluation import extractors as ex
 from elt.evaluation.baselines import IndependentTokens
@@ -18,7 +17,7 @@ from elt.evaluation.plots import grid_array
 from elt.evaluation.scoring import Scorer, reference_statistics
 from elt.config import ConfigError
 from elt.tokenizers import PixelTokenizer
-from helpers import tiny_maskgit
+from helpers import TinyI3D, tiny_maskgit
 
 
 def gaussian_stats(x):
@@ -150,24 +149,6 @@ def test_inception_loads_a_local_file_and_scores_images_end_to_end(tmp_path, mon
 
 
 # ---- extractors: I3D --------------------------------------------------------------------------------
-class TinyI3D(nn.Module):
-    """StyleGAN-V's detector call convention on a network small enough for a test."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(3, 12)
-
-    def forward(self, videos: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False):
-        assert videos.dtype == torch.uint8 and videos.shape[1] == 3
-        x = videos.float()
-        if rescale:
-            x = x / 127.5 - 1
-        if resize:
-            x = nn.functional.interpolate(x, size=(x.shape[2], 16, 16), mode="trilinear", align_corners=False)
-        feats = self.proj(x.mean((3, 4)).transpose(1, 2)).flatten(1)  # per-frame colour, projected
-        return feats if return_features else feats.softmax(-1)
-
-
 def test_i3d_loads_torchscript_and_gives_fvd(tmp_path):
     path = tmp_path / "i3d_torchscript.pt"
     torch.jit.script(TinyI3D()).save(str(path))
@@ -241,7 +222,8 @@ def test_grids_have_one_row_per_class_and_accept_videos():
 def eval_settings(**eval_overrides):
     base = {"loops": "all", "extra_loops": 0, "samples_per_class": 30, "num_samples": None, "batch_size": 300,
             "extractors": "auto", "is_splits": 10, "precision_recall": False, "reference_split": "train",
-            "reference_rows": True, "floor_split": "val", "grid_per_class": 8, "grid_max_classes": 10}
+            "reference_rows": True, "floor_split": "val", "grid_per_class": 8, "grid_max_classes": 10,
+            "gif_fps": 4}
     return OmegaConf.create({"seed": 0, "eval": {**base, **eval_overrides}})
 
 
@@ -250,12 +232,15 @@ def test_settings_parse_loops_and_round_num_samples():
     assert parse_loops([4, 1, 4], 0, 4) == [1, 4]
     assert read_settings(eval_settings(num_samples=95), 4, 10).samples_per_class == 10
     assert read_settings(eval_settings(loops=3, extra_loops=1), 4, 10).loops == [3, 5]
+    assert read_settings(eval_settings(gif_fps=2.5), 4, 10).gif_fps == 2.5
 
 
 @pytest.mark.parametrize("key,value,match", [
     ("loops", [0, 2], "eval.loops"), ("loops", "most", "eval.loops"), ("extra_loops", -1, "eval.extra_loops"),
     ("samples_per_class", 0, "eval.samples_per_class"), ("extractors", ["clip"], "eval.extractors"),
     ("reference_split", "test", "eval.reference_split"), ("precision_recall", 0, "eval.precision_recall"),
+    ("gif_fps", 0, "eval.gif_fps"), ("gif_fps", 60, "eval.gif_fps"), ("gif_fps", "fast", "eval.gif_fps"),
+    ("gif_fps", True, "eval.gif_fps"),
 ])
 def test_bad_settings_name_the_key(key, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -27,7 +27,7 @@ from elt.evaluation import judges
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.extractors import I3D, FeatureExtractor, InceptionV3, JudgeExtractor
 from elt.files import file_fingerprint, fingerprint, write_text_atomic
-from elt.evaluation.plots import quality_figure, save_figure, save_grid
+from elt.evaluation.plots import MAX_GIF_FPS, quality_figure, save_animation, save_figure, save_grid
 from elt.evaluation.report import log_to_loggers, quality_metrics, write_tables
 from elt.evaluation.scoring import Scorer, dataset_batches, reference_statistics
 
@@ -43,6 +43,7 @@ class Settings:
     batch_size: int
     grid_per_class: int
     grid_max_classes: int
+    gif_fps: float
     extractors: list[str]
     is_splits: int
     pr_k: int | None
@@ -91,12 +92,17 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
     for split in ("reference_split", "floor_split"):
         if e.get(split) not in ("train", "val"):
             raise ConfigError(f"eval.{split} must be train or val, got {e.get(split)!r}")
+    fps = e.get("gif_fps")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_GIF_FPS:
+        raise ConfigError(f"eval.gif_fps must be a number in (0, {MAX_GIF_FPS}] (frames per second of the "
+                          f"animated video grids), got {fps!r}")
     return Settings(
         loops=parse_loops(e.loops, require_int(cfg, "eval.extra_loops", 0), lmax),
         samples_per_class=per_class,
         batch_size=require_int(cfg, "eval.batch_size", 1),
         grid_per_class=require_int(cfg, "eval.grid_per_class", 0),
         grid_max_classes=require_int(cfg, "eval.grid_max_classes", 1),
+        gif_fps=fps,
         extractors=extractors,
         is_splits=require_int(cfg, "eval.is_splits", 1),
         pr_k=pr or None,
@@ -237,6 +243,8 @@ class LoopSweep:
             "extractors": [e.fingerprint for e in self.extractors], "reference": s.reference_split, "data": data_key,
             "is_splits": s.is_splits, "pr_k": s.pr_k, "grid": [s.grid_per_class, self.grid_classes],
         }
+        if len(datamodule.image_shape) == 4:  # videos: the animated grids are part of a row's output
+            common["gif_fps"] = s.gif_fps
         ckpt = file_fingerprint(Path(cfg.ckpt_path))
         self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "ckpt": ckpt, "sampler": sampler}))
         self.ref_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "floor": s.floor_split}))
@@ -276,7 +284,8 @@ class LoopSweep:
 
     def score(self, batches, total: int, key: str, desc: str) -> tuple[dict, float]:
         """Metrics of one source and the seconds spent producing its samples (scoring excluded);
-        the first ``grid_per_class`` samples of each shown class go to ``grids/<key>.png``."""
+        the first ``grid_per_class`` samples of each shown class go to ``grids/<key>.png`` (videos
+        as filmstrips, and animated as ``grids/<key>.gif`` and, with ffmpeg, ``.mp4``)."""
         s = self.s
         scorer = Scorer(self.extractors, self.device, keep_features=bool(s.pr_k))
         need = {c: s.grid_per_class for c in self.grid_classes}
@@ -297,7 +306,10 @@ class LoopSweep:
                     shown_y.append(y[take])
                 bar.update(len(y))
         if shown_x:
-            save_grid(torch.cat(shown_x), torch.cat(shown_y), self.out_dir / "grids" / f"{key}.png", s.grid_per_class, self.grid_classes)
+            x, y, grids = torch.cat(shown_x), torch.cat(shown_y), self.out_dir / "grids"
+            save_grid(x, y, grids / f"{key}.png", s.grid_per_class, self.grid_classes)
+            if x.ndim == 5:
+                save_animation(x, y, grids / f"{key}.gif", s.grid_per_class, self.grid_classes, s.gif_fps)
         return scorer.metrics(self.references, s.is_splits, s.pr_k), seconds
 
 
@@ -331,6 +343,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def describe(cfg, train_cfg, model, s: Settings, sampler, extractors, n_reference) -> dict:
     evals = model.network_evals_per_sample(**sampler)
+    video = any(e.modality == "video" for e in extractors)
+    items, standard = ("videos", "I3D FVD") if video else ("images", "InceptionV3 FID")
     hparams = {
         "ckpt_path": str(cfg.ckpt_path), "train_run": train_cfg.run_name, "model": train_cfg.model.name,
         "data": train_cfg.data.name, "N": model.N, "Lmax": model.Lmax, "ilsd": bool(train_cfg.ilsd.enabled),
@@ -342,13 +356,15 @@ def describe(cfg, train_cfg, model, s: Settings, sampler, extractors, n_referenc
         f"from `{cfg.ckpt_path}`",
         f"{s.samples_per_class * model.num_classes} samples per row ({s.samples_per_class} per class), seed {s.seed}, "
         f"{evals} network evaluations per sample; sampler: " + ", ".join(f"{k}={v}" for k, v in sampler.items()),
-        f"Reference statistics: real {s.reference_split} split ({n_reference} images).",
+        f"Reference statistics: real {s.reference_split} split ({n_reference} {items}).",
     ]
     for e in extractors:
         if e.info.get("val_accuracy") is not None:
+            aux = (f" (auxiliary {e.info['aux_target']} head: {100 * e.info['val_aux_accuracy']:.1f}%)"
+                   if e.info.get("aux_target") else "")
             header.append(f"Judge {e.name}: trained on the real training split, held-out accuracy "
-                          f"{100 * e.info['val_accuracy']:.1f}% on {e.info['val_items']} images; "
-                          f"*_{e.name} metrics are in its feature space, not comparable with InceptionV3 FID.")
+                          f"{100 * e.info['val_accuracy']:.1f}% on {e.info['val_items']} {items}{aux}; "
+                          f"*_{e.name} metrics are in its feature space, not comparable with {standard}.")
     return {"hparams": hparams, "header": [line + "  " for line in header[:-1]] + header[-1:],
             "extractors": {e.name: {"fingerprint": e.fingerprint, **e.info} for e in extractors}}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from elt.evaluation.judges import single_thread
 from elt.files import file_fingerprint
 from elt.tokenizers import require_local_file
 
@@ -115,5 +116,6 @@ class JudgeExtractor(FeatureExtractor):
 
     def forward(self, x):
         self.check_input(x)
-        features, logits = self.net.features(x)
+        with single_thread():  # as in training: 2 busy threads made scoring 3000 videos 22 s instead of 0.5 s
+            features, logits = self.net.features(x)
         return {"features": features, "logits": logits}

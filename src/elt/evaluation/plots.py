@@ -1,7 +1,12 @@
-"""Sample grids and the two curves of the sweep: quality vs loop count, quality vs GFLOPs."""
+"""Sample grids (animated for videos) and the two curves of the sweep: quality vs loop count,
+quality vs GFLOPs."""
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +14,9 @@ import torch
 
 from elt.files import atomic_path
 
+log = logging.getLogger(__name__)
 MIN_CELL_PIXELS = 64  # 8×8 digits are upscaled (nearest neighbour) to stay visible
+MAX_GIF_FPS = 50  # GIF delays are whole 1/100 s, and viewers slow delays under 2/100 s to 1/10 s
 
 
 def grid_array(images: torch.Tensor, labels: torch.Tensor, per_class: int, classes: list[int], pad: int = 2) -> np.ndarray:
@@ -42,6 +49,57 @@ def save_grid(images, labels, path: Path, per_class: int, classes: list[int]) ->
     with atomic_path(path) as tmp:
         Image.fromarray(grid_array(images, labels, per_class, classes)).save(tmp)
     return Path(path)
+
+
+def grid_frames(videos: torch.Tensor, labels: torch.Tensor, per_class: int, classes: list[int]) -> list[np.ndarray]:
+    """One ``grid_array`` per time step of videos [B, C, T, H, W]: every cell plays its video."""
+    return [grid_array(videos[:, :, t], labels, per_class, classes) for t in range(videos.shape[2])]
+
+
+def save_animation(videos, labels, path: Path, per_class: int, classes: list[int], fps: float) -> list[Path]:
+    """``path`` as an animated GIF (looping), and beside it the same as MP4 when ffmpeg is
+    available; an MP4 that cannot be made is logged, never an error. Returns the files written."""
+    from PIL import Image
+
+    path = Path(path)
+    frames = grid_frames(videos, labels, per_class, classes)
+    first, *rest = [Image.fromarray(f) for f in frames]
+    with atomic_path(path) as tmp:
+        first.save(tmp, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+    written = [path]
+    if write_mp4(frames, path.with_suffix(".mp4"), fps):
+        written.append(path.with_suffix(".mp4"))
+    return written
+
+
+@functools.cache
+def find_ffmpeg() -> str | None:
+    """Looked up once per process, so a machine without ffmpeg says so once, not per grid."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        log.info("no ffmpeg on PATH: animated grids are written as GIF only, MP4 skipped")
+    return exe
+
+
+def write_mp4(frames: list[np.ndarray], path: Path, fps: float) -> bool:
+    exe = find_ffmpeg()
+    if exe is None:
+        return False
+    video = np.stack(frames)
+    h, w = video.shape[1:3]
+    # yuv420p (what players decode) needs even sides: pad with the grid's white background
+    video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+    cmd = [exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{video.shape[2]}x{video.shape[1]}", "-r", f"{fps:g}", "-i", "-", "-pix_fmt", "yuv420p"]
+    try:
+        with atomic_path(path) as tmp:
+            proc = subprocess.run([*cmd, str(tmp)], input=video.tobytes(), capture_output=True, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ffmpeg exited with {proc.returncode}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+        log.warning("MP4 grid %s not written (%s); the GIF is", path, e)
+        return False
+    return True
 
 
 def quality_figure(rows: list[dict], metrics: list[str], x: str, xlabel: str, title: str):
