@@ -3,7 +3,6 @@ import logging
 import os
 import stat
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -39,28 +38,27 @@ def datamodule(tmp_path_factory):
 def judge(datamodule, tmp_path_factory):
     """The real recipe trained once, cached in tmp (~10-25 s on one busy core)."""
     cache = tmp_path_factory.mktemp("video_judge")
-    t0 = time.perf_counter()
     net, info = judges.load_or_train_judge("moving_digits", datamodule, {"_target_": "moving_digits"}, cache)
-    return net, info, cache, time.perf_counter() - t0
+    return net, info, cache
 
 
-def test_video_judge_reaches_the_bar_and_learns_motion(judge, datamodule):
-    net, info, cache, seconds = judge
+def test_video_judge_reaches_the_bar_and_learns_motion(judge, datamodule, monkeypatch):
+    net, info, cache = judge
     assert info["name"] == "moving_digits_cnn" and info["val_items"] == len(datamodule.val_dataset) == 300
     assert info["val_accuracy"] >= judges.JUDGES["moving_digits"].min_val_accuracy == 0.9
-    # motion: chance is 1/8; 72% is the ceiling (28% of initial directions bounce off a wall unseen)
-    assert info["aux_target"] == "motion" and 0.6 <= info["val_aux_accuracy"] <= 0.8
-    assert seconds < 120  # measured 10-13 s on one thread; generous for a shared machine
+    # motion (the first move, always visible): chance is 1/8
+    assert info["aux_target"] == "motion" and info["val_aux_accuracy"] >= 0.9
     assert (cache / "judges" / "moving_digits_cnn.pt").is_file()
-    t0 = time.perf_counter()  # a second call reads the cache: same judge, no training
-    again, cached_info = judges.load_or_train_judge("moving_digits", datamodule, {"_target_": "moving_digits"}, cache)
-    assert cached_info == info and time.perf_counter() - t0 < 5
+    with monkeypatch.context() as m:  # a second call reads the cache: same judge, no training
+        m.setattr(judges, "train_judge", lambda *a, **k: pytest.fail("retrained despite a valid cache"))
+        again, cached_info = judges.load_or_train_judge("moving_digits", datamodule, {"_target_": "moving_digits"}, cache)
+    assert cached_info == info
     x = datamodule.val_dataset.videos[:8]
     torch.testing.assert_close(again.features(x)[0], net.features(x)[0])
 
 
 def test_judge_fvd_is_zero_on_the_reference_set_and_sees_broken_motion(judge, datamodule, tmp_path):
-    net, info, _, _ = judge
+    net, info, _ = judge
     extractor = JudgeExtractor(net, info, "video")
     assert (extractor.fd_metric, extractor.is_metric, extractor.acc_metric) == (
         "fvd_moving_digits_cnn", "is_moving_digits_cnn", "acc_moving_digits_cnn")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]  # 8 motions
 DIGIT = 8  # side of the embedded digit images
-GENERATOR_VERSION = 1  # bump when the rendering changes: cached files are then regenerated
+GENERATOR_VERSION = 2  # bump when the rendering changes: cached files are then regenerated
 
 
 class VideoLabelDataset(Dataset):
@@ -60,9 +60,9 @@ def render(images: np.ndarray, labels: np.ndarray, frames: int, canvas: int, dig
 
     With ``digits=2`` the second digit is drawn from the same split and the class is the ordered
     pair (10·first + second); overlapping ink takes the maximum. The motion label is the first
-    digit's initial direction."""
-    if canvas < DIGIT:
-        raise ValueError(f"data canvas ({canvas}) must be at least the digit size ({DIGIT})")
+    digit's first move between frames 0 and 1, so it is always visible in the video."""
+    if canvas <= DIGIT:
+        raise ValueError(f"data.canvas ({canvas}) must exceed the digit size ({DIGIT}) for the digit to move")
     rng = np.random.default_rng(seed)
     n = len(images) * videos_per_image
     first = np.tile(np.arange(len(images)), videos_per_image)
@@ -73,12 +73,14 @@ def render(images: np.ndarray, labels: np.ndarray, frames: int, canvas: int, dig
     for k, idx in enumerate(picks):
         starts = rng.integers(0, room + 1, (n, 2))
         dirs = rng.integers(0, len(DIRECTIONS), n)
-        if k == 0:
-            motions = dirs
         for i in range(n):
             dy, dx = DIRECTIONS[dirs[i]]
             ys = trajectory(starts[i, 0], dy, frames, room)
             xs = trajectory(starts[i, 1], dx, frames, room)
+            if k == 0 and frames > 1:  # the first move as seen (a digit at a wall bounces at once)
+                motions[i] = DIRECTIONS.index((int(ys[1] - ys[0]), int(xs[1] - xs[0])))
+            elif k == 0:
+                motions[i] = dirs[i]
             for t in range(frames):
                 window = videos[i, 0, t, ys[t]:ys[t] + DIGIT, xs[t]:xs[t] + DIGIT]
                 np.maximum(window, images[idx[i]], out=window)
