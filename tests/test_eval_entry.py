@@ -145,9 +145,10 @@ def test_dit_checkpoint_with_precision_recall_and_wandb_offline(train_cfg, eval_
     assert list(out.glob("wandb/offline-run-*/files/media/images/eval/figures/quality_vs_gflops*.png"))
 
 
-def test_video_checkpoint_scored_by_its_3d_judge_and_by_i3d(train_cfg, eval_cache, tmp_path):
+def test_video_checkpoint_scored_by_its_3d_judge_and_by_i3d(train_cfg, eval_cache, tmp_path, monkeypatch):
     """MaskGIT-ELT on moving_digits through the real train() and evaluate(): FVD in the 3D judge's
-    space at every loop count with animated grids; then the literature's network (a stand-in I3D)."""
+    space at every loop count with animated grids; then the literature's network (a stand-in I3D),
+    logged to an offline W&B run that plays the animated grid."""
     ckpt = train(train_cfg("data=moving_digits", "N=1", "Lmax=2", "trainer.max_steps=1"))["ckpt_path"]
     out = tmp_path / "eval"
     result = evaluate(eval_cfg(ckpt, out, eval_cache))
@@ -167,10 +168,14 @@ def test_video_checkpoint_scored_by_its_3d_judge_and_by_i3d(train_cfg, eval_cach
 
     weights = tmp_path / "i3d_torchscript.pt"
     torch.jit.script(TinyI3D()).save(str(weights))
-    rows = evaluate(eval_cfg(ckpt, tmp_path / "eval_i3d", eval_cache, "eval.extractors=[i3d]", f"eval.weights.i3d={weights}",
+    for k, v in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "eval_i3d"
+    rows = evaluate(eval_cfg(ckpt, out, eval_cache, "eval.extractors=[i3d]", f"eval.weights.i3d={weights}", "logger=wandb",
                              "eval.loops=[2]", "eval.reference_rows=false", "eval.reference_split=val"))["rows"]
     assert [r["loops"] for r in rows] == [2] and rows[0]["fvd"] > 0
     assert not any(k.endswith("_cnn") for k in rows[0])  # the literature's network: plain name, no judge
+    assert list(out.glob("wandb/offline-run-*/files/media/videos/eval/videos/L2*.gif"))
 
 
 def test_notebook_runs_top_to_bottom(tiny_ckpt, eval_cache, tmp_path):

@@ -100,5 +100,8 @@ def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
         payload[f"eval/plots/{m}_vs_gflops"] = wandb.plot.line(model_table, "gflops_per_sample", m, title=f"{m} vs GFLOPs/sample")
     payload.update({f"eval/figures/{k}": wandb.Image(str(p)) for k, p in figures.items()})
     payload.update({f"eval/grids/L{L}": wandb.Image(str(p)) for L, p in grids.items()})
+    # videos: the animated grid beside the filmstrip, playable in the dashboard
+    payload.update({f"eval/videos/L{L}": wandb.Video(str(p.with_suffix(".gif")))
+                    for L, p in grids.items() if p.with_suffix(".gif").is_file()})
     run.log(payload)
     run.finish()
