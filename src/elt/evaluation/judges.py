@@ -227,5 +227,5 @@ def load_or_train_judge(dataset: str, datamodule, data_module_cfg, cache_dir: st
         info["val_aux_accuracy"] = accuracy(net, datamodule.val_dataset, recipe.aux_target)
     with atomic_path(path) as tmp:
         torch.save({"key": key, "info": info, "state_dict": net.state_dict()}, tmp)
-    log.info("judge %s: held-out accuracy %.2f%% on %d images, cached at %s", info["name"], 100 * val_acc, info["val_items"], path)
+    log.info("judge %s: held-out accuracy %.2f%% on %d held-out items, cached at %s", info["name"], 100 * val_acc, info["val_items"], path)
     return net.eval(), info
