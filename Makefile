@@ -40,19 +40,19 @@ demo-dit: install
 	$(PY) train.py experiment=digits_dit hydra.run.dir=$(DEMO)/dit_ilsd
 	$(PY) eval.py ckpt_path=$(DEMO)/dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/dit_ilsd/eval eval.extra_loops=2
 
-# Video: MaskGIT-ELT 2N×4L on the embedded moving digits (4 frames, 12×12), FVD in a domain 3D-CNN's
-# features at every loop count, animated GIF grids per loop count.
+# Video: MaskGIT-ELT 2N×4L on the embedded moving digits (4 frames, 10×10), FVD in a domain 3D-CNN's
+# features at every loop count 1..Lmax, animated GIF grids per loop count.
 demo-video: install
 	$(PY) train.py experiment=moving_digits_maskgit hydra.run.dir=$(DEMO)/video_maskgit_ilsd
-	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_ilsd/eval eval.extra_loops=2
+	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_ilsd/eval
 
 demo-video-vanilla: install
 	$(PY) train.py experiment=moving_digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/video_maskgit_vanilla
-	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_vanilla/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_vanilla/eval eval.extra_loops=2
+	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_vanilla/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_vanilla/eval
 
 demo-video-dit: install
 	$(PY) train.py experiment=moving_digits_dit hydra.run.dir=$(DEMO)/video_dit_ilsd
-	$(PY) eval.py ckpt_path=$(DEMO)/video_dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_dit_ilsd/eval eval.extra_loops=2
+	$(PY) eval.py ckpt_path=$(DEMO)/video_dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_dit_ilsd/eval
 
 test: install
 	$(PY) -m pytest -q
