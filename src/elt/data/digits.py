@@ -37,27 +37,43 @@ def digits_split(val_per_class: int = 30, seed: int = 0):
     return ImageLabelDataset(images[tr], labels[tr]), ImageLabelDataset(images[va], labels[va])
 
 
-class DigitsDataModule(L.LightningDataModule):
-    name = "digits"
-    num_classes = 10
-    image_shape = (1, 8, 8)
+class InMemoryDataModule(L.LightningDataModule):
+    """Loaders and the batch-size check shared by the embedded datasets, which build both splits
+    in memory at ``setup()``; a subclass supplies ``make_splits()``."""
 
-    def __init__(self, batch_size: int = 128, val_per_class: int = 30, split_seed: int = 0, num_workers: int = 0):
+    min_val_batch = 300  # validation runs in few, large batches
+
+    def __init__(self, batch_size: int, num_workers: int = 0):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.val_per_class, self.split_seed = batch_size, val_per_class, split_seed
-        self.num_workers = num_workers
+        self.batch_size, self.num_workers = batch_size, num_workers
         self.train_dataset = self.val_dataset = None
+
+    def make_splits(self) -> tuple[Dataset, Dataset]:
+        raise NotImplementedError
 
     def setup(self, stage: str | None = None):
         if self.train_dataset is None:
-            self.train_dataset, self.val_dataset = digits_split(self.val_per_class, self.split_seed)
+            self.train_dataset, self.val_dataset = self.make_splits()
 
     def train_dataloader(self):
         return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
-        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 300), shuffle=False,
+        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, self.min_val_batch), shuffle=False,
                           num_workers=self.num_workers)
+
+
+class DigitsDataModule(InMemoryDataModule):
+    name = "digits"
+    num_classes = 10
+    image_shape = (1, 8, 8)
+
+    def __init__(self, batch_size: int = 128, val_per_class: int = 30, split_seed: int = 0, num_workers: int = 0):
+        super().__init__(batch_size, num_workers)
+        self.val_per_class, self.split_seed = val_per_class, split_seed
+
+    def make_splits(self):
+        return digits_split(self.val_per_class, self.split_seed)

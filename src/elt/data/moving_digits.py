@@ -17,12 +17,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from elt.data.digits import digits_split
+from elt.data.digits import InMemoryDataModule, digits_split
 from elt.files import atomic_path, fingerprint
 
 log = logging.getLogger(__name__)
@@ -131,33 +130,21 @@ def load_cache(path: Path) -> dict | None:
         return None
 
 
-class MovingDigitsDataModule(L.LightningDataModule):
+class MovingDigitsDataModule(InMemoryDataModule):
     name = "moving_digits"
     num_motions = len(DIRECTIONS)
+    min_val_batch = 100  # a video is 6-9x the tokens of an 8x8 image: smaller validation batches
 
     def __init__(self, batch_size: int = 32, frames: int = 4, canvas: int = 12, digits: int = 1,
                  videos_per_image: int = 2, val_per_class: int = 30, split_seed: int = 0, seed: int = 0,
                  cache_dir: str | None = None, num_workers: int = 0, num_classes: int | None = None):
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        super().__init__(batch_size, num_workers)
         if num_classes is not None and num_classes != 10 ** digits:
             raise ValueError(f"data.num_classes ({num_classes}) must be {10 ** digits} for data.digits={digits}")
-        self.batch_size, self.num_workers = batch_size, num_workers
         self.num_classes = 10 ** digits
         self.image_shape = (1, frames, canvas, canvas)  # [C, T, H, W]: four dims mean video downstream
         self.split_args = dict(frames=frames, canvas=canvas, digits=digits, videos_per_image=videos_per_image,
                                val_per_class=val_per_class, split_seed=split_seed, seed=seed, cache_dir=cache_dir)
-        self.train_dataset = self.val_dataset = None
 
-    def setup(self, stage: str | None = None):
-        if self.train_dataset is None:
-            self.train_dataset, self.val_dataset = moving_digits_split(**self.split_args)
-
-    def train_dataloader(self):
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self):
-        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 100), shuffle=False,
-                          num_workers=self.num_workers)
+    def make_splits(self):
+        return moving_digits_split(**self.split_args)
