@@ -62,6 +62,7 @@ test-slow: install
 
 bench: install
 	$(PY) benchmarks/ilsd_overhead.py
+	$(PY) benchmarks/precision.py
 
 clean:
 	rm -rf outputs logs
