@@ -51,6 +51,29 @@ def step_time(model, opt, batch, ilsd: bool, steps: int, bf16: bool = False) -> 
     return (time.perf_counter() - start) / steps
 
 
+def interleaved(seconds, reps: int):
+    """Median time of ``seconds(False)`` and ``seconds(True)`` and their ratio (True / False), with the
+    order alternating every repetition so the machine's drift hits both kinds alike."""
+    off, on, ratios = [], [], []
+    for rep in range(reps):
+        order = (False, True) if rep % 2 == 0 else (True, False)
+        times = {kind: seconds(kind) for kind in order}
+        off.append(times[False])
+        on.append(times[True])
+        ratios.append(times[True] / times[False])
+    ratio = {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return statistics.median(off), statistics.median(on), ratio
+
+
+def write_results(out: str, meta: dict, rows: list[dict], table: list[str]) -> None:
+    """``out`` (JSON: meta + rows) and the same name with ``.md`` (the table), then print the table."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
 def measure(family: str, args) -> dict:
     torch.manual_seed(0)
     model = build(family, args.width, args.N, args.Lmax).train()
@@ -60,18 +83,10 @@ def measure(family: str, args) -> dict:
              "label": torch.randint(0, 10, (args.batch,), generator=g)}
     step_time(model, opt, batch, True, 2)  # warm-up
     step_time(model, opt, batch, False, 2)
-    plain, ilsd, ratios = [], [], []
-    for rep in range(args.reps):
-        order = (False, True) if rep % 2 == 0 else (True, False)
-        times = {kind: step_time(model, opt, batch, kind, args.steps) for kind in order}
-        plain.append(times[False])
-        ilsd.append(times[True])
-        ratios.append(times[True] / times[False])
+    plain, ilsd, ratio = interleaved(lambda kind: step_time(model, opt, batch, kind, args.steps), args.reps)
     return {
         "family": family, "width": args.width, "N": args.N, "Lmax": args.Lmax, "batch": args.batch,
-        "plain_step_s": statistics.median(plain), "ilsd_step_s": statistics.median(ilsd),
-        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-        "target": 1.05,
+        "plain_step_s": plain, "ilsd_step_s": ilsd, **ratio, "target": 1.05,
     }
 
 
@@ -88,16 +103,12 @@ def main():
     args = p.parse_args()
     rows = [measure(f, args) for f in args.families]
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     lines = ["| family | N×L | batch | plain step (s) | ILSD step (s) | ILSD / plain (median, min–max) | target |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['family']} | {r['N']}N×{r['Lmax']}L w{r['width']} | {r['batch']} | {r['plain_step_s']:.3f} | "
                      f"{r['ilsd_step_s']:.3f} | {r['ratio_median']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | ≤ {r['target']} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, meta, rows, lines)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ benchmarks/results/precision.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from elt.models import MaskGITELT  # noqa: E402
 from elt.tokenizers import PixelTokenizer  # noqa: E402
-from ilsd_overhead import step_time  # noqa: E402  (same folder: the ILSD step timer)
+from ilsd_overhead import interleaved, step_time, write_results  # noqa: E402  (same folder)
 
 
 def cpu_flags() -> list[str]:
@@ -46,17 +44,10 @@ def measure(width: int, heads: int, args) -> dict:
              "label": torch.randint(0, 10, (args.batch,), generator=g)}
     step_time(model, opt, batch, True, 1, bf16=False)  # warm-up both paths
     step_time(model, opt, batch, True, 1, bf16=True)
-    fp32, bf16, ratios = [], [], []
-    for rep in range(args.reps):
-        order = (False, True) if rep % 2 == 0 else (True, False)
-        times = {kind: step_time(model, opt, batch, True, args.steps, bf16=kind) for kind in order}
-        fp32.append(times[False])
-        bf16.append(times[True])
-        ratios.append(times[True] / times[False])
+    fp32, bf16, ratio = interleaved(lambda kind: step_time(model, opt, batch, True, args.steps, bf16=kind), args.reps)
     return {"threads": torch.get_num_threads(), "width": width, "heads": heads,
             "tokens": model.tokenizer.num_tokens, "batch": args.batch,
-            "fp32_step_s": statistics.median(fp32), "bf16_step_s": statistics.median(bf16),
-            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+            "fp32_step_s": fp32, "bf16_step_s": bf16, **ratio}
 
 
 def main():
@@ -76,17 +67,13 @@ def main():
         rows += [measure(w, max(2, w // 32), args) for w in args.widths]
     meta = {"torch": torch.__version__, "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
             "machine": platform.processor() or platform.machine()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     lines = [f"CPU bf16 flags: {', '.join(meta['cpu_flags']) or 'none'}; {meta['cores']} cores", "",
              "| threads | width | heads | tokens | batch | fp32 step (s) | bf16 step (s) | bf16 / fp32 (median, min–max) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['threads']} | {r['width']} | {r['heads']} | {r['tokens']} | {r['batch']} | {r['fp32_step_s']:.3f} | "
                      f"{r['bf16_step_s']:.3f} | {r['ratio_median']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, meta, rows, lines)
 
 
 if __name__ == "__main__":
