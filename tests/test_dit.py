@@ -7,7 +7,7 @@ import torch
 from elt import diffusion as D
 from elt.checkpoint import load_run
 from elt.models import DiTELT
-from elt.models.dit import sincos_1d, sincos_2d
+from elt.positions import sincos_1d, sincos_2d
 from elt.train import train
 from elt.tokenizers import PixelAutoencoder
 from helpers import CallCounter, digits_batch

@@ -92,6 +92,23 @@ def test_maskgit_token_grid_and_factorised_positions(image_shape, frames):
     assert out.shape == (2, *image_shape) and 0 <= out.min() and out.max() <= 1
 
 
+def test_maskgit_sincos_positions_start_smooth_at_the_normal_scale():
+    torch.manual_seed(0)
+    tok = PixelTokenizer(17, (1, 4, 10, 10))
+    model = MaskGITELT(tok, 10, N=1, Lmax=2, width=32, heads=2, mlp_dim=64, pos_init="sincos")
+    space = model.pos_embed[0, 1:].detach().view(10, 10, 32)
+    for table in (model.pos_embed[0, 1:], model.frame_embed):
+        assert abs(table.detach().pow(2).mean().sqrt().item() - 0.02) < 1e-4  # same RMS as std-0.02 init
+    cos = torch.nn.functional.cosine_similarity
+    along_row = [cos(space[4, 0], space[4, d], dim=0).item() for d in (1, 3, 9)]
+    assert along_row[0] > 0.8 and along_row[0] > along_row[1] + 0.3 > along_row[2] + 0.3  # alike by distance
+    normal = MaskGITELT(tok, 10, N=1, Lmax=2, width=32, heads=2, mlp_dim=64).pos_embed[0, 1:].detach().view(10, 10, 32)
+    assert abs(cos(normal[4, 0], normal[4, 1], dim=0)) < 0.6  # the default: neighbours unrelated
+    assert model.positions().shape == (1, 401, 32)
+    with pytest.raises(ValueError, match="pos_init"):
+        MaskGITELT(tok, 10, N=1, Lmax=2, width=32, heads=2, mlp_dim=64, pos_init="rope")
+
+
 def test_maskgit_trains_on_moving_digits_through_the_entry_point(train_cfg):
     out = train(train_cfg("data=moving_digits", "data.frames=2", "data.canvas=9", "data.batch_size=4"))
     assert {"val/loss_L1", "val/loss_L2", "val/loss_L3", "val/loss_L4"} <= set(out["metrics"])

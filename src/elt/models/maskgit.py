@@ -15,6 +15,7 @@ from tqdm.auto import trange
 
 from elt.backbone import LoopedBackbone
 from elt.models.base import LoopedGenerativeModule
+from elt.positions import sincos_1d, sincos_2d
 from elt.tokenizers import Tokenizer
 
 
@@ -63,8 +64,11 @@ class MaskGITELT(LoopedGenerativeModule):
         input_injection: bool = False,
         loop_embedding: bool = False,
         dropout: float = 0.0,
+        pos_init: str = "normal",
         name: str = "maskgit_elt",
     ):
+        if pos_init not in ("normal", "sincos"):
+            raise ValueError(f"model.pos_init must be 'normal' or 'sincos', got {pos_init!r}")
         super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler,
                          label_drop=label_drop)
         self.save_hyperparameters(logger=False, ignore=["tokenizer", "optimizer"])
@@ -87,6 +91,27 @@ class MaskGITELT(LoopedGenerativeModule):
         nn.init.zeros_(self.head[1].bias)
         # created last, and only for videos, so image models keep their exact initialisation
         self.frame_embed = nn.Parameter(torch.randn(frames, width) * 0.02) if frames > 1 else None
+        if pos_init == "sincos":
+            self.init_sincos_positions(tokenizer.grid_shape, width)
+
+    @torch.no_grad()
+    def init_sincos_positions(self, grid_shape, width: int) -> None:
+        """Start the learned (H, W) and frame tables from sin-cos codes, centred over the grid and
+        scaled to the normal init's RMS (0.02): neighbouring positions start alike, so a pattern
+        learned at one position (a stroke, a digit shifted by its motion) carries to the next.
+        Centring drops the channels whose period dwarfs a small grid: uncentred, every code of a
+        10×10 grid is > 0.8 cosine-similar to every other, i.e. mostly one shared constant."""
+        grid = tuple(int(g) for g in grid_shape)
+        if len(grid) < 2:
+            raise ValueError(f"model.pos_init=sincos needs an (..., H, W) token grid, got {grid}")
+
+        def centred(table: torch.Tensor) -> torch.Tensor:
+            table = table - table.mean(0)
+            return table * (0.02 / table.pow(2).mean().sqrt().clamp_min(1e-12))
+
+        self.pos_embed[0, 1:] = centred(sincos_2d(width, grid[-2], grid[-1]))
+        if self.frame_embed is not None:
+            self.frame_embed.copy_(centred(sincos_1d(width, torch.arange(len(self.frame_embed))).float()))
 
     def positions(self) -> torch.Tensor:
         """[1, 1 + tokens, width]: frame t's token (h, w) gets space[h, w] + frame[t]."""
