@@ -63,6 +63,7 @@ test-slow: install
 bench: install
 	$(PY) benchmarks/ilsd_overhead.py
 	$(PY) benchmarks/precision.py
+	$(PY) benchmarks/compile.py
 
 clean:
 	rm -rf outputs logs

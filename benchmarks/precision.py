@@ -33,7 +33,8 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16")))
 
 
-def measure(width: int, heads: int, args) -> dict:
+def video_model(width: int, heads: int, args):
+    """The video demo's MaskGIT-ELT 2N×4L with ILSD (seeded), its optimizer and one random batch."""
     torch.manual_seed(0)
     shape = (1, args.frames, args.canvas, args.canvas)
     model = MaskGITELT(PixelTokenizer(17, shape), num_classes=10, N=2, Lmax=4, width=width, heads=heads,
@@ -42,6 +43,11 @@ def measure(width: int, heads: int, args) -> dict:
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randint(0, 17, (args.batch, *shape), generator=g).float() / 16,
              "label": torch.randint(0, 10, (args.batch,), generator=g)}
+    return model, opt, batch
+
+
+def measure(width: int, heads: int, args) -> dict:
+    model, opt, batch = video_model(width, heads, args)
     step_time(model, opt, batch, True, 1, bf16=False)  # warm-up both paths
     step_time(model, opt, batch, True, 1, bf16=True)
     fp32, bf16, ratio = interleaved(lambda kind: step_time(model, opt, batch, True, args.steps, bf16=kind), args.reps)

@@ -97,3 +97,21 @@ def test_flops_grow_linearly_with_loops():
     net = make(N=2)
     f1, f3 = net.flops(10, 1), net.flops(10, 3)
     assert f3 == pytest.approx(3 * f1)
+
+
+@pytest.mark.parametrize("cond_dim", [None, 16])
+def test_compiled_blocks_match_eager_at_every_exit_and_keep_parameter_names(cond_dim):
+    eager, compiled = make(cond_dim=cond_dim), make(cond_dim=cond_dim)
+    compiled.compile_blocks()
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.randn(2, 5, 32)
+    cond = torch.randn(2, 16) if cond_dim else None
+    for loops, exits in ((3, [1, 3]), (2, [2]), (5, [4, 5])):  # student exits, any-time L, beyond Lmax
+        want = eager(x, loops, exits, cond=cond)
+        got = compiled(x, loops, exits, cond=cond)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    sum(s.sum() for s in compiled(x, 3, [1, 3], cond=cond)).backward()
+    sum(s.sum() for s in eager(x, 3, [1, 3], cond=cond)).backward()
+    for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)

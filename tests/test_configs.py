@@ -59,6 +59,8 @@ def test_ablation_keys_reach_the_model(tmp_path):
         ("ilsd.schedule=exp", "ilsd.schedule"),
         ("ilsd.span=0", "ilsd.span"),
         ("trainer.max_steps=0", "trainer.max_steps"),
+        ("compile=yes", "compile"),
+        ("model.pos_init=learned", "model.pos_init"),
     ],
 )
 def test_bad_values_name_the_key(override, key, tmp_path):

@@ -110,6 +110,13 @@ class LoopedBackbone(nn.Module):
                 nn.init.zeros_(blk.modulation[-1].weight)
                 nn.init.zeros_(blk.modulation[-1].bias)
 
+    def compile_blocks(self, **options) -> None:
+        """``torch.compile`` each unique block in place. Per block, not the whole loop: one block
+        graph serves every loop and every exit, so ILSD's random student exit and any-time
+        sampling at any L never trigger a recompile; parameter names are unchanged."""
+        for blk in self.blocks:
+            blk.compile(**options)
+
     def forward(
         self,
         x: torch.Tensor,

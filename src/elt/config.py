@@ -31,6 +31,11 @@ def validate_train(cfg: DictConfig) -> None:
         raise ConfigError(f"ilsd.schedule must be linear, cosine or constant, got {ilsd.schedule!r}")
     if not 0 < float(ilsd.span) <= 1 or not 0 <= float(ilsd.start) < 1:
         raise ConfigError(f"ilsd.span must be in (0, 1] and ilsd.start in [0, 1), got span={ilsd.span}, start={ilsd.start}")
+    if not isinstance(cfg.get("compile", False), bool):
+        raise ConfigError(f"compile must be true or false, got {cfg.get('compile')!r}")
+    pos_init = OmegaConf.select(cfg, "model.pos_init", default="normal")
+    if pos_init not in ("normal", "sincos"):
+        raise ConfigError(f"model.pos_init must be normal or sincos, got {pos_init!r}")
     steps = OmegaConf.select(cfg, "trainer.max_steps")
     if not cfg.trainer.get("fast_dev_run") and (not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"trainer.max_steps must be an integer >= 1, got {steps!r}")

@@ -47,6 +47,9 @@ def train(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(resolved)
+    if cfg.get("compile"):
+        model.backbone.compile_blocks()
+        log.info("torch.compile: looped blocks compiled (first steps are slow while they build)")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s: %s N=%d Lmax=%d, %.2fM parameters", cfg.run_name, type(model).__name__, cfg.N, cfg.Lmax, n_params / 1e6)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
