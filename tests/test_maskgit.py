@@ -89,3 +89,19 @@ def test_flops_count_every_loop():
     model = tiny_maskgit(N=2, Lmax=3)
     head = 2.0 * 64 * 32 * 17
     assert model.flops_per_eval(2) - head == pytest.approx(2 * (model.flops_per_eval(1) - head))
+
+
+def test_context_test_masks_fixed_subsets_and_scores_the_masked_tokens():
+    import torch.nn.functional as F
+    from elt.evaluation.context import masked_loss
+
+    model, batch = tiny_maskgit().eval(), digits_batch(8)
+    out = masked_loss(model, batch["image"], batch["label"], ratios=(0.1, 1.0), loops=(1, 3))
+    assert set(out) == {(0.1, 1), (0.1, 3), (1.0, 1), (1.0, 3)}
+    assert out == masked_loss(model, batch["image"], batch["label"], ratios=(0.1, 1.0), loops=(1, 3))
+    tokens = model.tokenizer.encode(batch["image"])  # 100% masked, by hand
+    with torch.no_grad():
+        (logits,) = model.predict({"tokens": torch.full_like(tokens, model.mask_id), "labels": batch["label"]}, 1, [1])
+    assert out[(1.0, 1)] == pytest.approx(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="MaskGIT"):
+        masked_loss(torch.nn.Linear(1, 1), batch["image"], batch["label"], (1.0,), (1,))
