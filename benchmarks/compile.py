@@ -30,7 +30,7 @@ def measure(bf16: bool, args) -> dict:
     compiled.backbone.compile_blocks()
     step_time(eager, eager_opt, batch, True, 1, bf16=bf16)  # warm-up
     start = time.perf_counter()
-    for _ in range(3):  # ILSD draws its student exit at random: let every exit appear once
+    for _ in range(3):  # the first call builds the forward and backward graphs
         step_time(compiled, compiled_opt, batch, True, 1, bf16=bf16)
     build = time.perf_counter() - start
     models = {False: (eager, eager_opt), True: (compiled, compiled_opt)}

@@ -101,14 +101,19 @@ def test_flops_grow_linearly_with_loops():
 
 @pytest.mark.parametrize("cond_dim", [None, 16])
 def test_compiled_blocks_match_eager_at_every_exit_and_keep_parameter_names(cond_dim):
+    from torch._dynamo.utils import counters
+
     eager, compiled = make(cond_dim=cond_dim), make(cond_dim=cond_dim)
     compiled.compile_blocks()
     assert list(compiled.state_dict()) == list(eager.state_dict())
     x = torch.randn(2, 5, 32)
     cond = torch.randn(2, 16) if cond_dim else None
-    for loops, exits in ((3, [1, 3]), (2, [2]), (5, [4, 5])):  # student exits, any-time L, beyond Lmax
+    for i, (loops, exits) in enumerate(((3, [1, 3]), (2, [2]), (5, [4, 5]))):  # student exits, any L, > Lmax
         want = eager(x, loops, exits, cond=cond)
         got = compiled(x, loops, exits, cond=cond)
+        if i == 0:
+            graphs = counters["stats"]["unique_graphs"]
+        assert counters["stats"]["unique_graphs"] == graphs  # no recompile for another L or exit
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     sum(s.sum() for s in compiled(x, 3, [1, 3], cond=cond)).backward()

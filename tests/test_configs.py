@@ -61,10 +61,11 @@ def test_ablation_keys_reach_the_model(tmp_path):
         ("trainer.max_steps=0", "trainer.max_steps"),
         ("compile=yes", "compile"),
         ("model.pos_init=learned", "model.pos_init"),
+        ("model=dit_elt +model.pos_init=sincos", "model.pos_init"),
     ],
 )
 def test_bad_values_name_the_key(override, key, tmp_path):
-    cfg = compose_cfg("train", ["Lmax=4", override], tmp_path)
+    cfg = compose_cfg("train", ["Lmax=4", *override.split()], tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_train(cfg)
 

@@ -112,8 +112,9 @@ class LoopedBackbone(nn.Module):
 
     def compile_blocks(self, **options) -> None:
         """``torch.compile`` each unique block in place. Per block, not the whole loop: one block
-        graph serves every loop and every exit, so ILSD's random student exit and any-time
-        sampling at any L never trigger a recompile; parameter names are unchanged."""
+        graph serves every loop and every exit, so neither ILSD's random student exit nor the loop
+        count recompiles (a new batch shape or eval mode builds one more graph); parameter names
+        are unchanged, so checkpoints load into eager models."""
         for blk in self.blocks:
             blk.compile(**options)
 

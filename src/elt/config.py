@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from elt.positions import POS_INITS
+
 
 class ConfigError(ValueError):
     pass
@@ -33,9 +35,11 @@ def validate_train(cfg: DictConfig) -> None:
         raise ConfigError(f"ilsd.span must be in (0, 1] and ilsd.start in [0, 1), got span={ilsd.span}, start={ilsd.start}")
     if not isinstance(cfg.get("compile", False), bool):
         raise ConfigError(f"compile must be true or false, got {cfg.get('compile')!r}")
-    pos_init = OmegaConf.select(cfg, "model.pos_init", default="normal")
-    if pos_init not in ("normal", "sincos"):
-        raise ConfigError(f"model.pos_init must be normal or sincos, got {pos_init!r}")
+    pos_init = OmegaConf.select(cfg, "model.pos_init", default=None)
+    if pos_init is not None and not str(OmegaConf.select(cfg, "model._target_", default="")).endswith("MaskGITELT"):
+        raise ConfigError(f"model.pos_init is a MaskGIT-ELT option (DiT-ELT's positions are fixed sin-cos), got model={cfg.model.get('name')}")
+    if pos_init is not None and pos_init not in POS_INITS:
+        raise ConfigError(f"model.pos_init must be one of {', '.join(POS_INITS)}, got {pos_init!r}")
     steps = OmegaConf.select(cfg, "trainer.max_steps")
     if not cfg.trainer.get("fast_dev_run") and (not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"trainer.max_steps must be an integer >= 1, got {steps!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+POS_INITS = ("normal", "sincos")  # MaskGIT-ELT's model.pos_init: MaskGIT's std-0.02 tables, or centred sin-cos
+
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     """[len(pos), dim] float64 table, [sin | cos] halves (DiT's 1-D building block)."""

@@ -25,6 +25,8 @@ def masked_loss(model, images: torch.Tensor, labels: torch.Tensor, ratios, loops
     (the same for every L), so rows differ only in what the model is shown and how deep it runs."""
     if not hasattr(model, "mask_id"):
         raise ValueError(f"the context test needs a masked-token model (MaskGIT-ELT), got {type(model).__name__}")
+    if any(not 0 < r <= 1 for r in ratios):
+        raise ValueError(f"mask ratios must be in (0, 1], got {list(ratios)}")
     tokens = model.tokenizer.encode(images)
     g = torch.Generator().manual_seed(seed)
     out = {}

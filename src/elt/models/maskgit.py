@@ -15,7 +15,7 @@ from tqdm.auto import trange
 
 from elt.backbone import LoopedBackbone
 from elt.models.base import LoopedGenerativeModule
-from elt.positions import sincos_1d, sincos_2d
+from elt.positions import POS_INITS, sincos_1d, sincos_2d
 from elt.tokenizers import Tokenizer
 
 
@@ -67,7 +67,7 @@ class MaskGITELT(LoopedGenerativeModule):
         pos_init: str = "normal",
         name: str = "maskgit_elt",
     ):
-        if pos_init not in ("normal", "sincos"):
+        if pos_init not in POS_INITS:
             raise ValueError(f"model.pos_init must be 'normal' or 'sincos', got {pos_init!r}")
         super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler,
                          label_drop=label_drop)
@@ -99,8 +99,8 @@ class MaskGITELT(LoopedGenerativeModule):
         """Start the learned (H, W) and frame tables from sin-cos codes, centred over the grid and
         scaled to the normal init's RMS (0.02): neighbouring positions start alike, so a pattern
         learned at one position (a stroke, a digit shifted by its motion) carries to the next.
-        Centring drops the channels whose period dwarfs a small grid: uncentred, every code of a
-        10×10 grid is > 0.8 cosine-similar to every other, i.e. mostly one shared constant."""
+        Centring drops the channels whose period dwarfs a small grid: uncentred, two codes of a
+        10×10 grid are ~0.8 cosine-similar on average (≥ 0.6 at width 64), mostly one shared constant."""
         grid = tuple(int(g) for g in grid_shape)
         if len(grid) < 2:
             raise ValueError(f"model.pos_init=sincos needs an (..., H, W) token grid, got {grid}")
