@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ilsd_overhead import interleaved, step_time, write_results  # noqa: E402  (same folder)
+from ilsd_overhead import interleaved, ratio_cell, step_time, write_results  # noqa: E402  (same folder)
 from precision import cpu_flags, video_model  # noqa: E402
 
 
@@ -59,8 +59,7 @@ def main():
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['precision']} | {r['width']} | {r['tokens']} | {r['batch']} | {r['eager_step_s']:.3f} | "
-                     f"{r['compiled_step_s']:.3f} | {r['ratio_median']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | "
-                     f"{r['first_steps_s']:.0f} |")
+                     f"{r['compiled_step_s']:.3f} | {ratio_cell(r, 2)} | {r['first_steps_s']:.0f} |")
     write_results(args.out, meta, rows, lines)
 
 

@@ -65,6 +65,11 @@ def interleaved(seconds, reps: int):
     return statistics.median(off), statistics.median(on), ratio
 
 
+def ratio_cell(row: dict, digits: int) -> str:
+    """A results table's ratio cell: median (min–max) over the interleaved repetitions."""
+    return f"{row['ratio_median']:.{digits}f} ({row['ratio_min']:.{digits}f}–{row['ratio_max']:.{digits}f})"
+
+
 def write_results(out: str, meta: dict, rows: list[dict], table: list[str]) -> None:
     """``out`` (JSON: meta + rows) and the same name with ``.md`` (the table), then print the table."""
     out = Path(out)
@@ -107,7 +112,7 @@ def main():
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['family']} | {r['N']}N×{r['Lmax']}L w{r['width']} | {r['batch']} | {r['plain_step_s']:.3f} | "
-                     f"{r['ilsd_step_s']:.3f} | {r['ratio_median']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | ≤ {r['target']} |")
+                     f"{r['ilsd_step_s']:.3f} | {ratio_cell(r, 3)} | ≤ {r['target']} |")
     write_results(args.out, meta, rows, lines)
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from elt.models import MaskGITELT  # noqa: E402
 from elt.tokenizers import PixelTokenizer  # noqa: E402
-from ilsd_overhead import interleaved, step_time, write_results  # noqa: E402  (same folder)
+from ilsd_overhead import interleaved, ratio_cell, step_time, write_results  # noqa: E402  (same folder)
 
 
 def cpu_flags() -> list[str]:
@@ -78,7 +78,7 @@ def main():
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['threads']} | {r['width']} | {r['heads']} | {r['tokens']} | {r['batch']} | {r['fp32_step_s']:.3f} | "
-                     f"{r['bf16_step_s']:.3f} | {r['ratio_median']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) |")
+                     f"{r['bf16_step_s']:.3f} | {ratio_cell(r, 2)} |")
     write_results(args.out, meta, rows, lines)
 
 
