@@ -70,6 +70,11 @@ def ratio_cell(row: dict, digits: int) -> str:
     return f"{row['ratio_median']:.{digits}f} ({row['ratio_min']:.{digits}f}–{row['ratio_max']:.{digits}f})"
 
 
+def markdown_table(columns: list[str], cells: list[list[str]]) -> list[str]:
+    """Header, separator and one line per row of a results table."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(c) + " |" for c in cells]
+
+
 def write_results(out: str, meta: dict, rows: list[dict], table: list[str]) -> None:
     """``out`` (JSON: meta + rows) and the same name with ``.md`` (the table), then print the table."""
     out = Path(out)
@@ -108,11 +113,10 @@ def main():
     args = p.parse_args()
     rows = [measure(f, args) for f in args.families]
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
-    lines = ["| family | N×L | batch | plain step (s) | ILSD step (s) | ILSD / plain (median, min–max) | target |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['family']} | {r['N']}N×{r['Lmax']}L w{r['width']} | {r['batch']} | {r['plain_step_s']:.3f} | "
-                     f"{r['ilsd_step_s']:.3f} | {ratio_cell(r, 3)} | ≤ {r['target']} |")
+    lines = markdown_table(
+        ["family", "N×L", "batch", "plain step (s)", "ILSD step (s)", "ILSD / plain (median, min–max)", "target"],
+        [[r["family"], f"{r['N']}N×{r['Lmax']}L w{r['width']}", str(r["batch"]), f"{r['plain_step_s']:.3f}",
+          f"{r['ilsd_step_s']:.3f}", ratio_cell(r, 3), f"≤ {r['target']}"] for r in rows])
     write_results(args.out, meta, rows, lines)
 
 

@@ -68,7 +68,7 @@ class MaskGITELT(LoopedGenerativeModule):
         name: str = "maskgit_elt",
     ):
         if pos_init not in POS_INITS:
-            raise ValueError(f"model.pos_init must be 'normal' or 'sincos', got {pos_init!r}")
+            raise ValueError(f"model.pos_init must be one of {', '.join(POS_INITS)}, got {pos_init!r}")
         super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler,
                          label_drop=label_drop)
         self.save_hyperparameters(logger=False, ignore=["tokenizer", "optimizer"])
