@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from elt.cli import run_cli
+from elt.cli import launch, run_cli
 from elt.train import train
 
 
@@ -12,4 +12,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

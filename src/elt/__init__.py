@@ -1,3 +1,23 @@
 """Elastic Looped Transformers: looped MaskGIT/DiT generators with Intra-Loop Self-Distillation."""
+import os
+
+from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
+
+
+def root_dir() -> str:
+    """``${elt.root:}`` (configs/paths): $ELT_ROOT, else the directory the run was started from, absolute.
+    Not ``${oc.env:ELT_ROOT,${hydra:runtime.cwd}}``: OmegaConf resolves that fallback even when ELT_ROOT is
+    set, and ``hydra:`` fails before HydraConfig exists (a multirun resolves hydra.sweep.dir before any job)."""
+    root = os.environ.get("ELT_ROOT")
+    if not root:
+        from hydra.core.hydra_config import HydraConfig  # a job's own launch dir, even with hydra.job.chdir=true
+
+        cwd = OmegaConf.select(HydraConfig.get(), "runtime.cwd", default=None) if HydraConfig.initialized() else None
+        root = cwd or os.getcwd()
+    return os.path.abspath(os.path.expanduser(root))
+
+
+# registered on import: train.py, eval.py and the tests import elt before Hydra resolves a config
+OmegaConf.register_new_resolver("elt.root", root_dir, replace=True)

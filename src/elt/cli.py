@@ -1,14 +1,59 @@
-"""Shared by train.py and eval.py: bad input becomes one line on stderr and a non-zero exit."""
+"""Shared by train.py and eval.py: bad input becomes one line on stderr and a non-zero exit.
+
+A single run exits 2 at once. In a multirun with Hydra's in-process launcher a bad job must not end the
+sweep (``sys.exit`` inside a job escapes the launcher and skips every later job): the job prints its
+line, leaves ``error.txt`` in its directory, and the sweep goes on; ``launch`` exits 2 at the end with
+one summary line. Launchers that run jobs elsewhere get an exception, so they mark the job failed."""
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from hydra.errors import InstantiationException
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, InstantiationException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from elt.config import ConfigError
 
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, NotImplementedError)
+IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+ERROR_FILE = "error.txt"
+
+
+class SweepJobError(CompactHydraException):
+    """A sweep job's user error, raised for out-of-process launchers: Hydra shows it as its message alone."""
+
+
+@dataclass
+class SweepJob:
+    num: int
+    overrides: list[str]
+    error: str | None = None
+
+
+@dataclass
+class Sweep:
+    """The jobs this process ran in the current multirun (the in-process launcher runs them all here)."""
+
+    jobs: list[SweepJob] = field(default_factory=list)
+
+    def failed(self) -> list[SweepJob]:
+        return [j for j in self.jobs if j.error is not None]
+
+    def summary(self) -> str | None:
+        """One line naming every failed job by number and by the overrides that vary across the sweep."""
+        failed = self.failed()
+        if not failed:
+            return None
+        shared = set.intersection(*(set(j.overrides) for j in self.jobs)) if len(self.jobs) > 1 else set()
+        parts = [f"#{j.num} ({' '.join(o for o in j.overrides if o not in shared)}): {j.error}" for j in failed]
+        return f"error: {len(failed)} of {len(self.jobs)} sweep jobs failed: " + "; ".join(parts)
+
+
+SWEEP = Sweep()
 
 
 def user_error(e: BaseException) -> BaseException | None:
@@ -21,12 +66,60 @@ def user_error(e: BaseException) -> BaseException | None:
     return e if isinstance(e, USER_ERRORS) else None
 
 
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def sweep_job() -> tuple[SweepJob, Path | None] | None:
+    """This multirun job and its directory, or None outside a multirun (a single run, a composed test config)."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if OmegaConf.select(hc, "mode", default=None) != RunMode.MULTIRUN:
+        return None
+    out = OmegaConf.select(hc, "runtime.output_dir", default=None)
+    job = SweepJob(OmegaConf.select(hc, "job.num", default=0), list(OmegaConf.select(hc, "overrides.task", default=[])))
+    return job, Path(out) if out else None
+
+
 def run_cli(job, cfg):
+    """Run ``job(cfg)``; a user error becomes one line (see the module docstring for sweeps)."""
+    swept = sweep_job()
+    if swept is not None:
+        SWEEP.jobs.append(swept[0])
+        if swept[1] is not None:
+            (swept[1] / ERROR_FILE).unlink(missing_ok=True)  # a rerun into the same sweep dir
     try:
         return job(cfg)
     except (*USER_ERRORS, InstantiationException) as e:
         shown = user_error(e)
         if shown is None or os.environ.get("ELT_DEBUG"):  # full traceback when developing
             raise
-        print("error: " + " ".join(str(shown).split()), file=sys.stderr)  # one line
+        if swept is None:
+            print("error: " + one_line(shown), file=sys.stderr)
+            sys.exit(2)
+        return fail_sweep_job(*swept, one_line(shown))
+
+
+def fail_sweep_job(job: SweepJob, out: Path | None, message: str) -> None:
+    """Report a failed multirun job and let the sweep go on (in-process) or raise it to its launcher."""
+    job.error = message
+    line = f"error: sweep job #{job.num} ({' '.join(job.overrides)}): {message}"
+    print(line, file=sys.stderr)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ERROR_FILE).write_text(line + "\n")
+    if OmegaConf.select(HydraConfig.get(), "launcher._target_", default=None) != IN_PROCESS_LAUNCHER:
+        raise SweepJobError(line)
+
+
+def launch(entry) -> None:
+    """Call a ``@hydra.main`` function; after a multirun whose jobs failed, print the summary line and exit 2."""
+    try:
+        entry()
+    finally:  # also after a bug ended the sweep: say which jobs had user errors too
+        summary = SWEEP.summary()
+        if summary:
+            print(summary, file=sys.stderr)
+    if summary:
         sys.exit(2)
