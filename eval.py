@@ -1,4 +1,6 @@
-"""Evaluate a checkpoint at every loop count. Example: python eval.py ckpt_path=outputs/run/checkpoints/last.ckpt eval.extra_loops=2"""
+"""Evaluate a checkpoint at every loop count. Example: python eval.py ckpt_path=outputs/run/checkpoints/last.ckpt eval.extra_loops=2
+
+On several GPUs: torchrun --nproc_per_node=K eval.py ckpt_path=... (the same table as one process)."""
 import hydra
 from omegaconf import DictConfig
 

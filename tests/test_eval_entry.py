@@ -1,5 +1,6 @@
 """The real evaluate() (and eval.py) on tiny checkpoints trained here by the real train()."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from PIL import Image
 from conftest import ROOT, compose_cfg
 from elt.cli import run_cli
 from elt.evaluation import evaluate
+from elt.evaluation.extractors import FeatureExtractor, JudgeExtractor
+from elt.evaluation.scoring import Scorer
 from elt.models.maskgit import MaskGITELT
 from elt.train import train
 from helpers import TinyI3D
@@ -102,21 +105,120 @@ def test_sweep_writes_everything_and_resumes_after_an_interruption(tiny_ckpt, ev
         assert calls.loops and set(calls.loops) == {2}
 
 
-def test_bad_input_is_one_line_and_keeps_earlier_results(tiny_ckpt, eval_cache, tmp_path, capsys):
+def forbid_work(monkeypatch):
+    """Any sampling or scoring (reference statistics included) fails the test: bad input must stop first."""
+    def work(*a, **k):
+        raise AssertionError("sampling/scoring started before the bad input was reported")
+
+    monkeypatch.setattr(MaskGITELT, "sample", work)
+    monkeypatch.setattr(Scorer, "extract", work)
+
+
+def test_bad_input_is_one_line_and_keeps_earlier_results(tiny_ckpt, eval_cache, tmp_path, capsys, monkeypatch):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "results.json").write_text("earlier results")
+    (tmp_path / "a_file").write_text("")
+    ckpt = torch.load(tiny_ckpt, weights_only=False)
+    del ckpt["elt_config"]["data"]["module"]
+    torch.save(ckpt, no_module := tmp_path / "no_data_module.ckpt")
+    (truncated := tmp_path / "truncated.ckpt").write_bytes(Path(tiny_ckpt).read_bytes()[:5000])
+    (noise := tmp_path / "noise.ckpt").write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                                                 dtype=torch.uint8).numpy().tobytes())
+    forbid_work(monkeypatch)
     for overrides, culprit in [
         (["eval.loops=[0]"], "eval.loops"),
         (["eval.sampler={stepz:3}"], "stepz"),
+        (["eval.sampler={steps:0}"], "eval.sampler.steps"),
+        (["eval.sampler={temperature_end:-1}"], "eval.sampler.temperature_end"),
+        (["eval.precision=fp16"], "eval.precision"),
+        ([f"eval.output_dir={tmp_path / 'a_file' / 'eval'}"], "eval.output_dir"),
         (["eval.extractors=[clip]"], "eval.extractors"),
         (["eval.extractors=[inception]", f"eval.weights.inception={tmp_path}/missing.pth"], "missing.pth"),
+        ([f"ckpt_path={no_module}"], "data.module"),
+        ([f"ckpt_path={truncated}"], "truncated.ckpt"),
+        ([f"ckpt_path={noise}"], "noise.ckpt"),
     ]:
         with pytest.raises(SystemExit) as exc:
             run_cli(evaluate, eval_cfg(tiny_ckpt, out, eval_cache, *overrides))
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and culprit in err and len(err.splitlines()) == 1, err
+        assert "weights_only" not in err, err  # no torch loading advice for a file that is no checkpoint
+        if culprit == "data.module":
+            assert str(no_module) in err
     assert (out / "results.json").read_text() == "earlier results"
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+    with pytest.raises(SystemExit) as exc:  # as eval.py without ckpt_path= composes it: the mandatory ???
+        run_cli(evaluate, compose_cfg("eval", [f"paths.cache_dir={eval_cache}"], out))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err == "error: ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt"
+
+
+def test_too_few_samples_per_class_for_the_is_splits_is_said_before_sampling(tiny_ckpt, eval_cache, tmp_path,
+                                                                             monkeypatch, caplog):
+    """One sample per class with is_splits=3 would make IS "1 ± 0" on every row (one sample per
+    split): the splits shrink to samples_per_class, with a warning before the first sample."""
+    warned_before_sampling = []
+    original = MaskGITELT.sample
+
+    def sample(model, *a, **k):
+        warned_before_sampling.append(any("eval.is_splits=3" in r.getMessage() for r in caplog.records))
+        return original(model, *a, **k)
+
+    monkeypatch.setattr(MaskGITELT, "sample", sample)
+    with caplog.at_level(logging.WARNING, logger="elt.evaluation.evaluate"):
+        result = evaluate(eval_cfg(tiny_ckpt, tmp_path / "eval", eval_cache, "eval.samples_per_class=1", "eval.loops=[1]",
+                                   "eval.reference_rows=false"))
+    rows = result["rows"]
+    assert warned_before_sampling and all(warned_before_sampling)
+    assert rows[0]["num_samples"] == 10 and rows[0]["is_digits_cnn"] >= 1
+    assert rows[0]["is_digits_cnn_std"] is None and " ± " not in result["table"]  # one split: no spread to report
+
+    result = evaluate(eval_cfg(tiny_ckpt, tmp_path / "eval2", eval_cache, "eval.samples_per_class=2", "eval.loops=[1]",
+                               "eval.reference_rows=false"))
+    assert result["rows"][0]["is_digits_cnn_std"] >= 0 and " ± " in result["table"]  # two splits of 10: every class in each
+
+
+def test_extractors_on_the_eval_device_sampling_precision_in_the_row_key(tiny_ckpt, eval_cache, tmp_path, monkeypatch,
+                                                                         caplog):
+    """The judge is moved to the eval device before it sees a sample (a CPU judge crashed on a GPU);
+    sampling runs under the chosen autocast, feature extraction in fp32 outside it; a change of
+    eval.precision recomputes the rows and is printed in the table header."""
+    seen = {"to": [], "sample": [], "extract": []}
+    original_to, original_sample, original_forward = FeatureExtractor.to, MaskGITELT.sample, JudgeExtractor.forward
+
+    def to(self, *a, **k):
+        seen["to"].append((self.name, torch.device(a[0] if a else k["device"])))
+        return original_to(self, *a, **k)
+
+    def sample(model, labels, loops, generator=None, **k):
+        seen["sample"].append((torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"), generator.device))
+        return original_sample(model, labels, loops, generator=generator, **k)
+
+    def forward(self, x):
+        seen["extract"].append((x.dtype, x.device, torch.is_autocast_enabled("cpu"),
+                                {p.device for p in self.parameters()}))
+        return original_forward(self, x)
+
+    monkeypatch.setattr(FeatureExtractor, "to", to)
+    monkeypatch.setattr(MaskGITELT, "sample", sample)
+    monkeypatch.setattr(JudgeExtractor, "forward", forward)
+    out, cpu = tmp_path / "eval", torch.device("cpu")
+    first = evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1]", "eval.reference_rows=false",
+                              "eval.precision=bf16", "eval.device=cpu"))
+    assert seen["to"] == [("digits_cnn", cpu)]
+    assert seen["sample"] and all(s == (torch.bfloat16, cpu) for s in seen["sample"])
+    assert seen["extract"] and all(e == (torch.float32, cpu, False, {cpu}) for e in seen["extract"])
+    assert "sampled in bf16 autocast" in first["table"]
+
+    seen["sample"].clear()
+    caplog.set_level(logging.INFO, logger="elt.precision")
+    second = evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1]", "eval.reference_rows=false",
+                               "eval.precision=32", "eval.device=cpu"))
+    assert seen["sample"] and all(s == (False, cpu) for s in seen["sample"])  # recomputed, not the bf16 row
+    assert "sampled in fp32" in second["table"]
+    assert "eval.precision=32 on cpu" in caplog.text  # the one line that says which
 
 
 def test_eval_py_names_a_missing_checkpoint(tmp_path):
@@ -125,6 +227,16 @@ def test_eval_py_names_a_missing_checkpoint(tmp_path):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "ELT_DEBUG": ""})
     assert proc.returncode == 2 and str(missing) in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_eval_py_refuses_an_uncreatable_run_dir_before_hydra_makes_it(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    run_dir = tmp_path / "a_file" / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={tmp_path / 'any.ckpt'}", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "ELT_DEBUG": ""})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: hydra.run.dir={run_dir} cannot be created: {tmp_path / 'a_file'} "
+                                                "is not a directory"]
 
 
 def test_dit_checkpoint_with_precision_recall_and_wandb_offline(train_cfg, eval_cache, tmp_path, monkeypatch):

@@ -7,17 +7,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from elt.tokenizers import require_local_file
 
+# What the consumers of a run (eval, the notebook, the context test) read from its stored config:
+# a checkpoint without one of them fails here, naming it, not halfway through an evaluation.
+REQUIRED_KEYS = ("run_name", "model._target_", "model.name", "data.name", "data.module", "data.module._target_")
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:limit]}" if text else type(e).__name__
+
 
 def load_run(ckpt_path, map_location: str = "cpu") -> tuple[torch.nn.Module, DictConfig]:
     path = require_local_file(ckpt_path, "checkpoint", "pass ckpt_path=<run dir>/checkpoints/last.ckpt written by train.py")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated or not a checkpoint at all
-        raise ValueError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
-    if "elt_config" not in ckpt:
+    except Exception as e:  # truncated or not a checkpoint at all; torch's first line only (no loading advice)
+        raise ValueError(f"checkpoint {path} could not be read, truncated or not a checkpoint ({_first_line(e)})") from None
+    if not isinstance(ckpt, dict) or "elt_config" not in ckpt:
         raise ValueError(f"checkpoint {path} has no 'elt_config' (not written by this project's train.py)")
-    cfg = OmegaConf.create(ckpt["elt_config"])
+    if "state_dict" not in ckpt:
+        raise ValueError(f"checkpoint {path} has no 'state_dict' (not written by this project's train.py)")
+    try:
+        cfg = OmegaConf.create(ckpt["elt_config"])
+        missing = []
+        for k in REQUIRED_KEYS:  # "data.module" missing: not also "data.module._target_"
+            if OmegaConf.select(cfg, k, default=None) is None and not any(k.startswith(m + ".") for m in missing):
+                missing.append(k)
+    except Exception as e:  # not a mapping, or interpolations that no longer resolve
+        raise ValueError(f"checkpoint {path}: its stored config is unusable ({_first_line(e)})") from None
+    if missing:
+        raise ValueError(f"checkpoint {path}: its stored config lacks {', '.join(missing)} "
+                         "(written by an older or foreign train.py); retrain or add the key")
     model = instantiate(cfg.model, _convert_="all")  # plain containers: checkpoints load with weights_only
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:  # weights of another architecture than the stored config builds
+        raise ValueError(f"checkpoint {path}: its weights do not fit its stored model config ({_first_line(e)})") from None
     model.elt_config = ckpt["elt_config"]
     return model.eval(), cfg

@@ -3,7 +3,8 @@
 Each loop count sees the same class-balanced labels and the same per-batch seeds, so the rows of
 the table differ only in L. A finished loop count is written to ``loops/L{L}.json`` at once
 (atomically, with a hash of everything that determines it); a rerun with the same settings skips
-it, so an interrupted long sweep resumes instead of starting over.
+it, so an interrupted long sweep resumes instead of starting over. Under torchrun the batches are
+shared among the ranks (see LoopSweep.score) and rank 0 alone scores and writes.
 """
 from __future__ import annotations
 
@@ -20,20 +21,23 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from elt import precision
 from elt.checkpoint import load_run
 from elt.config import ConfigError
 from elt.config import require_int
 from elt.evaluation import judges
+from elt.evaluation.distributed import Ranks
+from elt.evaluation.preflight import check_sampler, require_creatable_dir
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.extractors import I3D, FeatureExtractor, InceptionV3, JudgeExtractor
 from elt.files import file_fingerprint, fingerprint, write_text_atomic
 from elt.evaluation.plots import MAX_GIF_FPS, quality_figure, save_animation, save_figure, save_grid
 from elt.evaluation.report import log_to_loggers, quality_metrics, write_tables
-from elt.evaluation.scoring import Scorer, dataset_batches, reference_statistics
+from elt.evaluation.scoring import Scorer, dataset_batch, reference_statistics
 
 log = logging.getLogger(__name__)
 STANDARD_EXTRACTORS = {"inception": InceptionV3, "i3d": I3D}
-ROW_FORMAT = 1  # bump when a row's content changes meaning: old loops/*.json are then recomputed
+ROW_FORMAT = 2  # bump when a row's content changes meaning: old loops/*.json are then recomputed
 
 
 @dataclass
@@ -96,6 +100,14 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_GIF_FPS:
         raise ConfigError(f"eval.gif_fps must be a number in (0, {MAX_GIF_FPS}] (frames per second of the "
                           f"animated video grids), got {fps!r}")
+    is_splits = require_int(cfg, "eval.is_splits", 1)
+    if is_splits > per_class:
+        # A split of n < K samples caps IS at n (1 ± 0 with one sample per split): each split
+        # should hold every class once, which the class-balanced labels give with per_class splits.
+        log.warning("eval.is_splits=%d needs >= %d samples per class (each IS split should hold all %d classes); "
+                    "with %d per class IS is computed over %d split(s)%s", is_splits, is_splits, num_classes,
+                    per_class, per_class, ", without a ± spread" if per_class == 1 else "")
+        is_splits = per_class
     return Settings(
         loops=parse_loops(e.loops, require_int(cfg, "eval.extra_loops", 0), lmax),
         samples_per_class=per_class,
@@ -104,7 +116,7 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
         grid_max_classes=require_int(cfg, "eval.grid_max_classes", 1),
         gif_fps=fps,
         extractors=extractors,
-        is_splits=require_int(cfg, "eval.is_splits", 1),
+        is_splits=is_splits,
         pr_k=pr or None,
         reference_rows=bool(e.reference_rows),
         reference_split=e.reference_split,
@@ -114,15 +126,24 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
     )
 
 
-def pick_device(spec: str) -> torch.device:
+def pick_device(spec: str, ranks: Ranks) -> torch.device:
+    """The evaluation device, with its index: under torchrun a rank's GPU is its LOCAL_RANK."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(spec)
     except RuntimeError:
         raise ConfigError(f"eval.device must be auto, cpu or cuda[:i], got {spec!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"eval.device={spec} but no CUDA device is available (use auto or cpu)")
+    if device.type == "cuda" and ranks.world > 1:
+        if device.index is not None:
+            raise ConfigError(f"eval.device={spec}: under torchrun each rank uses GPU LOCAL_RANK; pass auto or cuda")
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={ranks.local_rank} but only {torch.cuda.device_count()} GPUs are visible")
+        device = torch.device("cuda", ranks.local_rank)
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -154,16 +175,15 @@ def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat(per_class)
 
 
-def sampled_batches(sample_fn, labels: torch.Tensor, batch_size: int, seed: int, device: torch.device):
+def sampled_batch(sample_fn, labels: torch.Tensor, batch_size: int, seed: int, device: torch.device, i: int):
     """Batch i always gets labels[i·B:(i+1)·B] and a generator seeded by (seed, i), whatever the
-    loop count, so every row of the table starts from identical noise."""
-    for i, start in enumerate(range(0, len(labels), batch_size)):
-        y = labels[start:start + batch_size]
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
-        x = sample_fn(y, gen)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        yield x, y
+    loop count and whichever rank draws it, so every row of the table starts from identical noise."""
+    y = labels[i * batch_size:(i + 1) * batch_size]
+    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+    x = sample_fn(y, gen)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return x.float(), y  # bf16 autocast may leave bf16 samples: the extractors take fp32
 
 
 class RowCache:
@@ -182,13 +202,16 @@ class RowCache:
     def put(self, key: str, row: dict) -> None:
         write_text_atomic(self.dir / f"{key}.json", json.dumps({"settings": self.hash, "row": row}, indent=2))
 
-    def get_or_compute(self, key: str, compute) -> dict:
-        row = self.get(key)
-        if row is not None:
+    def get_or_compute(self, key: str, compute, ranks: Ranks) -> dict | None:
+        """Rank 0 reads and writes the cache; every rank learns from it whether to take part in
+        ``compute`` (a collective). Ranks > 0 get None."""
+        row = self.get(key) if ranks.main else None
+        if ranks.broadcast(row is not None):
             log.info("%s: already done with these settings (%s), skipped", key, self.dir / f"{key}.json")
             return row
         row = compute()
-        self.put(key, row)
+        if ranks.main:
+            self.put(key, row)
         return row
 
 
@@ -220,21 +243,27 @@ def pick_for_grid(labels: torch.Tensor, need: dict[int, int]) -> list[int]:
 
 
 class LoopSweep:
-    """One checkpoint against fixed real statistics: the reference rows, then every loop count."""
+    """One checkpoint against fixed real statistics: the reference rows, then every loop count.
 
-    def __init__(self, cfg: DictConfig, model, train_cfg: DictConfig, s: Settings, sampler: dict, device: torch.device):
+    With several ranks, batch i of every row is drawn by rank i % world and scored on rank 0 in
+    batch order, so the table does not depend on the number of ranks."""
+
+    def __init__(self, cfg: DictConfig, model, train_cfg: DictConfig, s: Settings, sampler: dict, device: torch.device,
+                 sample_precision: str, ranks: Ranks):
         self.model, self.train_cfg, self.s, self.sampler, self.device = model, train_cfg, s, sampler, device
+        self.precision, self.ranks = sample_precision, ranks
         self.out_dir = Path(cfg.eval.output_dir)
-        datamodule = instantiate(train_cfg.data.module)
-        datamodule.setup()
+        with ranks.main_first():  # rank 0 writes the data and judge caches, the others read them
+            datamodule = instantiate(train_cfg.data.module)
+            datamodule.setup()
+            self.extractors = [e.to(device) for e in build_extractors(s.extractors, cfg, train_cfg, datamodule)]
         self.splits = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}
         data_key = judges.data_key(train_cfg.data.module)
-        self.extractors = build_extractors(s.extractors, cfg, train_cfg, datamodule)
-        self.references = {
+        self.references = {  # only rank 0 scores
             e.name: reference_statistics(e, self.splits[s.reference_split], f"{datamodule.name}_{s.reference_split}",
                                          data_key, cfg.paths.cache_dir, s.batch_size, device)
             for e in self.extractors
-        }
+        } if ranks.main else {}
         self.labels = balanced_labels(model.num_classes, s.samples_per_class)
         step = max(1, model.num_classes // s.grid_max_classes)
         self.grid_classes = list(range(0, model.num_classes, step))[: s.grid_max_classes]
@@ -246,65 +275,87 @@ class LoopSweep:
         if len(datamodule.image_shape) == 4:  # videos: the animated grids are part of a row's output
             common["gif_fps"] = s.gif_fps
         ckpt = file_fingerprint(Path(cfg.ckpt_path))
-        self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "ckpt": ckpt, "sampler": sampler}))
+        self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "ckpt": ckpt, "sampler": sampler,
+                                                                        "precision": sample_precision}))
         self.ref_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "floor": s.floor_split}))
 
     def rows(self) -> list[dict]:
-        rows = []
+        """The table's rows on rank 0; Nones elsewhere."""
+        rows, ranks = [], self.ranks
         if self.s.reference_rows:
-            rows.append(self.ref_rows.get_or_compute("ref_real", self.real_row))
+            rows.append(self.ref_rows.get_or_compute("ref_real", self.real_row, ranks))
             if "tokenizer" in self.train_cfg.data:
-                rows.append(self.ref_rows.get_or_compute("ref_trivial", self.trivial_row))
-            else:
+                rows.append(self.ref_rows.get_or_compute("ref_trivial", self.trivial_row, ranks))
+            elif ranks.main:
                 log.warning("data config has no tokenizer: no trivial independent-token row")
-        for L in tqdm(self.s.loops, desc="loop counts", unit="L", disable=not self.s.progress):
-            rows.append(self.model_rows.get_or_compute(f"L{L}", lambda L=L: self.model_row(L)))
+        for L in tqdm(self.s.loops, desc="loop counts", unit="L", disable=not (self.s.progress and ranks.main)):
+            rows.append(self.model_rows.get_or_compute(f"L{L}", lambda L=L: self.model_row(L), ranks))
         return rows
 
-    def model_row(self, L: int) -> dict:
+    def model_row(self, L: int) -> dict | None:
         def sample(y, g):
-            return self.model.sample(y, loops=L, generator=g, progress=False, **self.sampler)
+            with precision.autocast(self.device.type, self.precision):
+                return self.model.sample(y, loops=L, generator=g, progress=False, **self.sampler)
 
-        metrics, seconds = self.score(sampled_batches(sample, self.labels, self.s.batch_size, self.s.seed, self.device),
-                                      len(self.labels), f"L{L}", f"sample+score L={L}")
-        return make_row("model", "model", len(self.labels), metrics, loops=L, extrapolated=L > self.model.Lmax,
-                        gflops=gflops_per_sample(self.model, L, self.sampler), seconds=seconds)
+        s = self.s
+        batch = lambda i: sampled_batch(sample, self.labels, s.batch_size, s.seed, self.device, i)  # noqa: E731
+        scored = self.score(batch, len(self.labels), f"L{L}", f"sample+score L={L}")
+        return scored and make_row("model", "model", len(self.labels), scored[0], loops=L, extrapolated=L > self.model.Lmax,
+                                   gflops=gflops_per_sample(self.model, L, self.sampler), seconds=scored[1])
 
-    def real_row(self) -> dict:
+    def real_row(self) -> dict | None:
         """The floor: real held-out images against the same reference set."""
         floor = balanced_subset(self.splits[self.s.floor_split], self.s.samples_per_class, self.model.num_classes)
-        metrics, _ = self.score(dataset_batches(floor, self.s.batch_size), len(floor), "real", f"score real {self.s.floor_split}")
-        return make_row(f"real ({self.s.floor_split} split)", "real", len(floor), metrics)
+        scored = self.score(lambda i: dataset_batch(floor, self.s.batch_size, i), len(floor), "real",
+                            f"score real {self.s.floor_split}")
+        return scored and make_row(f"real ({self.s.floor_split} split)", "real", len(floor), scored[0])
 
-    def trivial_row(self) -> dict:
+    def trivial_row(self) -> dict | None:
+        """On the CPU whatever the eval device: its samples, and so its row, are the same everywhere."""
         trivial = IndependentTokens(instantiate(self.train_cfg.data.tokenizer), self.model.num_classes).fit(self.splits["train"])
-        batches = sampled_batches(trivial.sample, self.labels, self.s.batch_size, self.s.seed, torch.device("cpu"))
-        metrics, seconds = self.score(batches, len(self.labels), "trivial", "score trivial model")
-        return make_row("trivial (independent tokens)", "trivial", len(self.labels), metrics, gflops=0.0, seconds=seconds)
-
-    def score(self, batches, total: int, key: str, desc: str) -> tuple[dict, float]:
-        """Metrics of one source and the seconds spent producing its samples (scoring excluded);
-        the first ``grid_per_class`` samples of each shown class go to ``grids/<key>.png`` (videos
-        as filmstrips, and animated as ``grids/<key>.gif`` and, with ffmpeg, ``.mp4``)."""
         s = self.s
+        batch = lambda i: sampled_batch(trivial.sample, self.labels, s.batch_size, s.seed, torch.device("cpu"), i)  # noqa: E731
+        scored = self.score(batch, len(self.labels), "trivial", "score trivial model")
+        return scored and make_row("trivial (independent tokens)", "trivial", len(self.labels), scored[0], gflops=0.0,
+                                   seconds=scored[1])
+
+    def score(self, batch, total: int, key: str, desc: str) -> tuple[dict, float] | None:
+        """Metrics of one source, ``batch(i) -> (samples, labels)`` for i < ⌈total/B⌉, and the
+        seconds spent producing its samples (scoring excluded), on rank 0; None on the others.
+
+        Each round, rank k draws and featurises batch round·world + k; rank 0 folds the round's
+        outputs in batch order. The seconds are summed over the ranks: one device's sampling time,
+        so ``wall_s_per_sample`` compares across world sizes (the row's wall clock shrinks with K).
+        The first ``grid_per_class`` samples of each shown class go to ``grids/<key>.png`` (videos
+        as filmstrips, and animated as ``grids/<key>.gif`` and, with ffmpeg, ``.mp4``)."""
+        s, ranks = self.s, self.ranks
         scorer = Scorer(self.extractors, self.device, keep_features=bool(s.pr_k))
         need = {c: s.grid_per_class for c in self.grid_classes}
         shown_x, shown_y, seconds = [], [], 0.0
-        it = iter(batches)
-        with tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not s.progress) as bar:
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    x, y = next(it)
-                except StopIteration:
-                    break
-                seconds += time.perf_counter() - t0
-                scorer.add(x, y)
-                take = pick_for_grid(y, need)
-                if take:
-                    shown_x.append(x[take].cpu())
-                    shown_y.append(y[take])
-                bar.update(len(y))
+        n_batches = math.ceil(total / s.batch_size)
+        with tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not (s.progress and ranks.main)) as bar:
+            for first in range(0, n_batches, ranks.world):
+                mine = None
+                if first + ranks.rank < n_batches:
+                    t0 = time.perf_counter()
+                    x, y = batch(first + ranks.rank)
+                    dt = time.perf_counter() - t0
+                    # this batch's candidates for the grid: rank 0 keeps those still needed
+                    cand = pick_for_grid(y, {c: s.grid_per_class for c in self.grid_classes})
+                    mine = {"out": scorer.extract(x), "y": y.cpu(), "x_shown": x[cand].cpu(), "y_shown": y[cand].cpu(),
+                            "seconds": dt}
+                for got in ranks.gather(mine) or []:  # rank order = batch order; empty off rank 0
+                    if got is None:  # past the last batch
+                        continue
+                    scorer.accumulate(got["out"], got["y"])
+                    seconds += got["seconds"]
+                    take = pick_for_grid(got["y_shown"], need)
+                    if take:
+                        shown_x.append(got["x_shown"][take])
+                        shown_y.append(got["y_shown"][take])
+                    bar.update(len(got["y"]))
+        if not ranks.main:
+            return None
         if shown_x:
             x, y, grids = torch.cat(shown_x), torch.cat(shown_y), self.out_dir / "grids"
             save_grid(x, y, grids / f"{key}.png", s.grid_per_class, self.grid_classes)
@@ -314,19 +365,38 @@ class LoopSweep:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Sweep the checkpoint's loop counts; write table, plots, grids; log. Returns rows and paths."""
-    device = pick_device(cfg.eval.get("device", "auto"))
+    """Sweep the checkpoint's loop counts; write table, plots, grids; log. Returns rows and paths
+    (on rank 0 of a torchrun launch; the other ranks return an empty dict)."""
+    ranks = Ranks.from_env()
+    if not ranks.main:  # one voice: rank 0 logs, the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+    require_creatable_dir(cfg.eval.output_dir, "eval.output_dir")
+    device = pick_device(cfg.eval.get("device", "auto"), ranks)
+    sample_precision = precision.resolve(cfg.eval.get("precision", "auto"), device.type, "eval.precision")
     model, train_cfg = load_run(cfg.ckpt_path)
     model.to(device)
     s = read_settings(cfg, model.Lmax, model.num_classes)
     if cfg.eval.sampler is not None and not OmegaConf.is_dict(cfg.eval.sampler):
         raise ConfigError(f"eval.sampler must be a mapping like {{steps: 16}}, got {cfg.eval.sampler!r}")
-    sampler = model.sampler_config(**(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {}))
-    sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device)
-    rows = sweep.rows()
+    sampler = check_sampler(model.sampler_config(
+        **(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {})))
+    ranks.init(device)
+    try:
+        sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, sample_precision, ranks)
+        rows = sweep.rows()
+        result = report(cfg, train_cfg, model, s, sampler, sample_precision, sweep, rows) if ranks.main else {}
+        ranks.barrier()  # the others wait for rank 0's files
+        return result
+    finally:
+        ranks.close()
 
+
+def report(cfg, train_cfg, model, s: Settings, sampler, sample_precision, sweep: LoopSweep, rows) -> dict:
     out_dir = sweep.out_dir
-    meta = describe(cfg, train_cfg, model, s, sampler, sweep.extractors, len(sweep.splits[s.reference_split]))
+    meta = describe(cfg, train_cfg, model, s, sampler, sample_precision, sweep.extractors,
+                    len(sweep.splits[s.reference_split]))
     table = write_tables(rows, meta, out_dir)
     print(table)
     metrics = quality_metrics(rows)
@@ -341,21 +411,24 @@ def evaluate(cfg: DictConfig) -> dict:
     return {"rows": rows, "table": table, "output_dir": str(out_dir), "figures": {k: str(v) for k, v in figures.items()}}
 
 
-def describe(cfg, train_cfg, model, s: Settings, sampler, extractors, n_reference) -> dict:
+def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str, extractors, n_reference) -> dict:
     evals = model.network_evals_per_sample(**sampler)
     video = any(e.modality == "video" for e in extractors)
     items, standard = ("videos", "I3D FVD") if video else ("images", "InceptionV3 FID")
     hparams = {
         "ckpt_path": str(cfg.ckpt_path), "train_run": train_cfg.run_name, "model": train_cfg.model.name,
-        "data": train_cfg.data.name, "N": model.N, "Lmax": model.Lmax, "ilsd": bool(train_cfg.ilsd.enabled),
+        "data": train_cfg.data.name, "N": model.N, "Lmax": model.Lmax,
+        "ilsd": bool(OmegaConf.select(train_cfg, "ilsd.enabled", default=False)),
         "samples_per_class": s.samples_per_class, "seed": s.seed, "network_evals_per_sample": evals,
+        "sampling_precision": sample_precision,
         **{f"sampler/{k}": v for k, v in sampler.items()},
     }
     header = [
         f"**{train_cfg.run_name}** ({hparams['model']} {model.N}N×{model.Lmax}L, ILSD {'on' if hparams['ilsd'] else 'off'}) "
         f"from `{cfg.ckpt_path}`",
         f"{s.samples_per_class * model.num_classes} samples per row ({s.samples_per_class} per class), seed {s.seed}, "
-        f"{evals} network evaluations per sample; sampler: " + ", ".join(f"{k}={v}" for k, v in sampler.items()),
+        f"{evals} network evaluations per sample, sampled in {'bf16 autocast' if sample_precision == 'bf16' else 'fp32'} "
+        "(features in fp32); sampler: " + ", ".join(f"{k}={v}" for k, v in sampler.items()),
         f"Reference statistics: real {s.reference_split} split ({n_reference} {items}).",
     ]
     for e in extractors:

@@ -42,11 +42,12 @@ def _fmt(key: str, v) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Spreads (``*_std``) join their metric's cell as ``mean ± std`` instead of a column."""
+    """Spreads (``*_std``) join their metric's cell as ``mean ± std`` instead of a column; a None
+    spread (IS over a single split) shows the mean alone."""
     cols = [c for c in BASE_COLUMNS if c not in ("row", "extrapolated")] + quality_metrics(rows)
     lines = ["| " + " | ".join(SHOWN.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [_fmt(c, r.get(c)) + (f" ± {_fmt(c, r[c + '_std'])}" if f"{c}_std" in r else "") for c in cols]
+        cells = [_fmt(c, r.get(c)) + (f" ± {_fmt(c, r[c + '_std'])}" if r.get(f"{c}_std") is not None else "") for c in cols]
         if r.get("extrapolated"):
             cells[1] += " (>Lmax)"
         lines.append("| " + " | ".join(cells) + " |")

@@ -4,11 +4,12 @@ is reduced to features at once, and only the few shown in the grid are kept."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from elt.evaluation.extractors import FeatureExtractor
@@ -32,18 +33,36 @@ class Scorer:
         self.kept = 0
 
     @torch.no_grad()
-    def add(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        images = images.to(self.device)
+    def extract(self, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """Per extractor, one batch's features (and class probabilities) on the CPU: what a rank
+        of a distributed evaluation sends to rank 0. Always fp32, whatever the sampling precision."""
+        images = images.to(self.device).float()
+        outputs = {}
         for e in self.extractors:
             out = e(images)
+            outputs[e.name] = {"features": out["features"].float().cpu()}
+            if "logits" in out:
+                outputs[e.name]["probs"] = out["logits"].double().softmax(-1).cpu()
+        return outputs
+
+    def accumulate(self, outputs: dict[str, dict[str, torch.Tensor]], labels: torch.Tensor | None = None) -> None:
+        """Fold in one batch's ``extract`` output; batches must come in a fixed order for the
+        numbers (float64 sums, the first PR_MAX_ITEMS features) to be reproducible."""
+        n = 0
+        for e in self.extractors:
+            out = outputs[e.name]
+            n = len(out["features"])
             self.stats[e.name].add(out["features"])
             if self.keep_features and self.kept < PR_MAX_ITEMS:
-                self.features[e.name].append(out["features"][: PR_MAX_ITEMS - self.kept].double().cpu())
-            if "logits" in out:
-                self.probs[e.name].append(out["logits"].double().softmax(-1).cpu())
-        self.kept += len(images)
+                self.features[e.name].append(out["features"][: PR_MAX_ITEMS - self.kept].double())
+            if "probs" in out:
+                self.probs[e.name].append(out["probs"])
+        self.kept += n
         if labels is not None:
             self.labels.append(labels.cpu())
+
+    def add(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        self.accumulate(self.extract(images), labels)
 
     def kept_features(self, name: str) -> np.ndarray:
         return torch.cat(self.features[name]).numpy()
@@ -59,7 +78,9 @@ class Scorer:
             out[e.fd_metric] = frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
             probs = torch.cat(self.probs[e.name]) if self.probs[e.name] else None
             if e.is_metric and probs is not None:
-                out[e.is_metric], out[f"{e.is_metric}_std"] = inception_score(probs, min(is_splits, len(probs)))
+                splits = min(is_splits, len(probs))
+                out[e.is_metric], std = inception_score(probs, splits)
+                out[f"{e.is_metric}_std"] = std if splits > 1 else None  # one split: no spread, not "± 0"
             if e.acc_metric and probs is not None and labels is not None:
                 out[e.acc_metric] = float((probs.argmax(1) == labels).double().mean())
             if pr_k:
@@ -68,9 +89,16 @@ class Scorer:
         return out
 
 
+def dataset_batch(dataset, batch_size: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch i of ``dataset`` in order, as a DataLoader without shuffling would yield it; random
+    access, so that ranks of a distributed evaluation each load only their own batches."""
+    batch = default_collate([dataset[j] for j in range(i * batch_size, min((i + 1) * batch_size, len(dataset)))])
+    return batch["image"], batch["label"]
+
+
 def dataset_batches(dataset, batch_size: int):
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        yield batch["image"], batch["label"]
+    for i in range(math.ceil(len(dataset) / batch_size)):
+        yield dataset_batch(dataset, batch_size, i)
 
 
 def reference_statistics(extractor: FeatureExtractor, dataset, tag: str, data_key: dict, cache_dir: str | Path,

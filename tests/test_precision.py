@@ -1,0 +1,33 @@
+"""Precision follows the hardware: bf16 autocast only where the device computes bf16 natively."""
+import pytest
+
+from elt import precision
+from elt.config import ConfigError
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16"}, "bf16-mixed"), ({"amx_bf16"}, "bf16-mixed"),
+                                             ({"avx2", "fma"}, "32-true")])
+def test_auto_reads_the_cpu(monkeypatch, caplog, flags, expected):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    with caplog.at_level("INFO"):
+        assert precision.lightning_precision("auto", "cpu") == expected
+    assert any("trainer.precision=auto on cpu" in r.getMessage() for r in caplog.records)  # one line says which
+
+
+def test_explicit_choices_are_kept_and_bad_ones_refused(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())
+    assert precision.lightning_precision("bf16-mixed", "cpu") == "bf16-mixed"  # asked for: honoured
+    assert precision.lightning_precision("32-true", "gpu") == "32-true"
+    assert precision.lightning_precision("16-mixed", "gpu") == "16-mixed"  # Lightning's own spellings pass through
+    with pytest.raises(ConfigError, match="eval.precision must be auto"):
+        precision.resolve("fp8", "cpu", what="eval.precision")
+
+
+def test_train_resolves_auto_before_building_the_trainer(train_cfg, monkeypatch):
+    from elt.train import train
+    import torch
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    out = train(train_cfg("trainer.precision=auto", "trainer.max_steps=1"))
+    stored = torch.load(out["ckpt_path"], weights_only=False)["elt_config"]
+    assert stored["trainer"]["precision"] == "32-true"  # the checkpoint records what was used
