@@ -64,6 +64,7 @@ bench: install
 	$(PY) benchmarks/ilsd_overhead.py
 	$(PY) benchmarks/precision.py
 	$(PY) benchmarks/compile.py
+	$(PY) benchmarks/activation_memory.py
 
 clean:
 	rm -rf outputs logs

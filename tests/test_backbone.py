@@ -120,3 +120,82 @@ def test_compiled_blocks_match_eager_at_every_exit_and_keep_parameter_names(cond
     sum(s.sum() for s in eager(x, 3, [1, 3], cond=cond)).backward()
     for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+# ---- activation checkpointing (model.checkpointing) ---------------------------------------------
+def count_calls(module) -> list[int]:
+    """Calls of ``module`` counted on entry: a recomputation stops early once it has what backward
+    needs, so forward hooks (helpers.CallCounter) miss it."""
+    calls = [0]
+    module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("cond_dim", [None, 16])
+def test_checkpointing_recomputes_each_block_call_with_identical_outputs_and_grads(cond_dim):
+    plain, ckpt = make(cond_dim=cond_dim, dropout=0.1), make(cond_dim=cond_dim, dropout=0.1, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 32)
+    cond = torch.randn(2, 16, requires_grad=True) if cond_dim else None
+    outs, grads = [], []
+    for net in (plain, ckpt):
+        calls = count_calls(net.blocks[0])
+        torch.manual_seed(7)  # dropout masks: the recomputation must replay the same ones
+        states = net(x, 3, [1, 3], cond=cond)
+        forward_calls = calls[0]
+        sum((s * torch.arange(s.numel()).view_as(s).sin()).sum() for s in states).backward()
+        # checkpointed: each of the 3 loops' block calls runs again in backward (the modulation does not)
+        assert calls[0] == forward_calls + (3 if net is ckpt else 0)
+        outs.append(states)
+        grads.append({n: p.grad for n, p in net.named_parameters()} | ({"cond": cond.grad} if cond_dim else {}))
+        if cond_dim:
+            cond.grad = None
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_checkpointing_only_when_training_with_grad():
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    for mode, grad in (("eval", True), ("train", False)):
+        net = getattr(make(checkpointing=True), mode)()
+        calls = count_calls(net.blocks[0])
+        with torch.set_grad_enabled(grad):
+            (out,) = net(x, loops=2)
+            if grad:
+                out.sum().backward()
+        assert calls[0] == 2  # once per loop: nothing recomputed
+
+
+@pytest.mark.parametrize("family", ["maskgit", "dit"])
+def test_checkpointed_model_has_the_same_ilsd_loss_and_grads(family):
+    """Whole models, one ILSD step (exits [Lint, Lmax], both terms live): checkpointing changes nothing."""
+    from helpers import digits_batch, tiny_maskgit
+
+    def build(checkpointing):
+        if family == "maskgit":
+            return tiny_maskgit(Lmax=3, checkpointing=checkpointing)
+        from test_dit import randomise_zero_init, tiny_dit
+
+        model = tiny_dit(Lmax=3, checkpointing=checkpointing)
+        randomise_zero_init(model)  # adaLN-Zero would make most block gradients exactly 0
+        return model
+
+    batch, results = digits_batch(8), []
+    for checkpointing in (False, True):
+        model = build(checkpointing).train()
+        model.ilsd_lambda = 0.5
+        torch.manual_seed(3)
+        loss, parts = model.loss(batch)
+        loss.backward()
+        assert model.last_lint is not None and model.last_lint < model.Lmax
+        results.append((model.last_lint, loss, parts, {n: p.grad for n, p in model.named_parameters()}))
+    (lint0, loss0, parts0, g0), (lint1, loss1, parts1, g1) = results
+    assert lint0 == lint1
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)
+    assert parts0.keys() == parts1.keys()
+    assert g0.keys() == g1.keys() and all(g is not None for g in g0.values())
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-6, atol=1e-7, msg=name)

@@ -8,6 +8,10 @@ validation at every loop count and early exit are all that one mechanism.
 Two conditioning modes share the code: ``cond_dim=None`` gives plain pre-LN blocks (MaskGIT-ELT
 puts its class token in the sequence); ``cond_dim=D`` gives DiT's adaLN-Zero blocks, whose
 modulation is computed once per network evaluation and reused by every loop.
+
+``checkpointing=True`` trades compute for memory in training: every (loop, block) application is
+one recomputed segment, so the activations kept for backward are one state per block call instead
+of every intermediate of every layer of every loop (benchmarks/results/activation_memory.md).
 """
 from __future__ import annotations
 
@@ -17,10 +21,16 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Modulation(nn.Sequential):
+    """adaLN's conditioning MLP, a type of its own so that FSDP can make it a unit of its own: it runs
+    once per network evaluation, not once per loop like the rest of its block (fsdp_wrap_policy)."""
 
 
 class Block(nn.Module):
@@ -37,9 +47,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=affine, eps=1e-6)
         self.fc1 = nn.Linear(width, mlp_dim)
         self.fc2 = nn.Linear(mlp_dim, width)
-        self.modulation = (
-            nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width)) if cond_dim is not None else None
-        )
+        self.modulation = Modulation(nn.SiLU(), nn.Linear(cond_dim, 6 * width)) if cond_dim is not None else None
 
     def modulation_params(self, cond: torch.Tensor | None):
         if self.modulation is None:
@@ -85,12 +93,14 @@ class LoopedBackbone(nn.Module):
         loop_embedding: bool = False,
         max_loop_embeddings: int = 64,
         dropout: float = 0.0,
+        checkpointing: bool = False,
     ):
         super().__init__()
         if width % heads:
             raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
         self.width, self.heads, self.N, self.mlp_dim, self.cond_dim = width, heads, N, mlp_dim, cond_dim
         self.input_injection = input_injection
+        self.checkpointing = bool(checkpointing)
         self.blocks = nn.ModuleList(Block(width, heads, mlp_dim, cond_dim, dropout) for _ in range(N))
         self.loop_embed = nn.Parameter(torch.zeros(max_loop_embeddings, width)) if loop_embedding else None
         self.init_weights(effective_depth=N * Lmax)
@@ -131,6 +141,10 @@ class LoopedBackbone(nn.Module):
         if (cond is None) != (self.cond_dim is None):
             raise ValueError("cond must be given exactly when the backbone was built with cond_dim")
         mods = [blk.modulation_params(cond) for blk in self.blocks]  # once per network evaluation
+        # recompute in backward only when there is a backward: eval and sampling run as before.
+        # Non-reentrant: gradients reach the parameters and the shared modulation, and the RNG
+        # state is replayed, so dropout masks (and hence outputs and gradients) are unchanged.
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         wanted, states, x0 = set(exits), {}, x
         for loop in range(1, max(exits) + 1):  # nothing after the last exit is computed
             if self.input_injection and loop > 1:
@@ -138,7 +152,7 @@ class LoopedBackbone(nn.Module):
             if self.loop_embed is not None:
                 x = x + self.loop_embed[min(loop, len(self.loop_embed)) - 1]
             for blk, mod in zip(self.blocks, mods):
-                x = blk(x, mod)
+                x = checkpoint(blk, x, mod, use_reentrant=False) if recompute else blk(x, mod)
             if loop in wanted:
                 states[loop] = x
         return [states[e] for e in exits]
@@ -149,3 +163,15 @@ class LoopedBackbone(nn.Module):
         per_block = 2 * s * d * 3 * d + 2 * 2 * s * s * d + 2 * s * d * d + 2 * 2 * s * d * m
         modulation = self.N * 2 * self.cond_dim * 6 * d if self.cond_dim is not None else 0
         return float(per_block * self.N * loops + modulation)
+
+
+def fsdp_wrap_policy():
+    """FSDP auto-wrap policy: one unit per unique ``Block`` (configs/trainer/fsdp.yaml). A looped block
+    is then one unit that runs L times per forward, gathered for each call, its gradient summed over
+    the calls before one reduce-scatter. adaLN's ``Modulation`` (a third of a DiT block's weights) is
+    a nested unit: it runs once per evaluation, outside the block's forward, so it must be gathered by
+    a forward of its own, and is then gathered once instead of L times. Embeddings and heads stay in
+    the root unit."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    return ModuleWrapPolicy({Block, Modulation})

@@ -65,6 +65,7 @@ class MaskGITELT(LoopedGenerativeModule):
         loop_embedding: bool = False,
         dropout: float = 0.0,
         pos_init: str = "normal",
+        checkpointing: bool = False,
         name: str = "maskgit_elt",
     ):
         if pos_init not in POS_INITS:
@@ -83,7 +84,7 @@ class MaskGITELT(LoopedGenerativeModule):
         self.pos_embed = nn.Parameter(torch.zeros(1, frame_tokens + 1, width))
         self.backbone = LoopedBackbone(
             width, heads, N, mlp_dim, Lmax=Lmax, input_injection=input_injection,
-            loop_embedding=loop_embedding, dropout=dropout,
+            loop_embedding=loop_embedding, dropout=dropout, checkpointing=checkpointing,
         )
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab))  # shared by every exit
         for t in (self.token_embed.weight, self.class_embed.weight, self.pos_embed, self.head[1].weight):
