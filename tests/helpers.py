@@ -92,3 +92,65 @@ class TinyVideoVAE(torch.nn.Module):
 def save_video_vae_stand_in(path):
     torch.jit.script(TinyVideoVAE()).save(str(path))
     return path
+
+
+class KillAt:
+    """A callback (built from config: +callbacks.kill._target_=helpers.KillAt) that sends this
+    process a signal at the end of training step ``step``, as a scheduler would."""
+
+    def __new__(cls, *args, **kwargs):
+        import lightning as L
+
+        class _KillAt(L.Callback):
+            def __init__(self, step: int, sig: str = "SIGTERM"):
+                self.step, self.sig = int(step), sig
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                import os
+                import signal
+
+                if trainer.global_step == self.step:
+                    os.kill(os.getpid(), getattr(signal, self.sig))
+
+        return _KillAt(*args, **kwargs)
+
+
+class NoiseProbe:
+    """A callback recording, per rank and step, what the step drew: a hash of the corrupted inputs,
+    the student exit and the labels of the batch; written to <output_dir>/probe_rank<r>.json."""
+
+    def __new__(cls, *args, **kwargs):
+        import hashlib
+        import json
+        from pathlib import Path
+
+        import lightning as L
+
+        def digest(obj) -> str:
+            if isinstance(obj, dict):
+                return hashlib.sha1("".join(digest(obj[k]) for k in sorted(obj)).encode()).hexdigest()[:12]
+            return hashlib.sha1(obj.detach().cpu().numpy().tobytes()).hexdigest()[:12]
+
+        class _NoiseProbe(L.Callback):
+            def __init__(self, output_dir: str):
+                self.output_dir, self.steps = Path(output_dir), []
+
+            def on_fit_start(self, trainer, pl_module):
+                original = pl_module.training_inputs
+
+                def recording(batch, generator=None):
+                    inputs, targets = original(batch, generator=generator)
+                    if pl_module.training:
+                        self.current = {"inputs": digest(inputs), "items": sorted(digest(x) for x in batch["image"])}
+                    return inputs, targets
+
+                pl_module.training_inputs = recording
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                self.steps.append({**self.current, "step": trainer.global_step, "lint": pl_module.last_lint})
+
+            def on_train_end(self, trainer, pl_module):
+                path = self.output_dir / f"probe_rank{trainer.global_rank}.json"
+                path.write_text(json.dumps(self.steps))
+
+        return _NoiseProbe(*args, **kwargs)

@@ -43,3 +43,12 @@ def validate_train(cfg: DictConfig) -> None:
     steps = OmegaConf.select(cfg, "trainer.max_steps")
     if not cfg.trainer.get("fast_dev_run") and (not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"trainer.max_steps must be an integer >= 1, got {steps!r}")
+    every = OmegaConf.select(cfg, "trainer.val_check_interval")
+    ok = (isinstance(every, int) and every >= 1) or (isinstance(every, float) and 0 < every <= 1)
+    if every is not None and (isinstance(every, bool) or not ok):
+        raise ConfigError(f"trainer.val_check_interval must be an integer >= 1 (steps) or a fraction in (0, 1] of an "
+                          f"epoch, got {every!r}")
+    for key in ("callbacks.model_checkpoint.every_n_train_steps", "callbacks.model_checkpoint.save_top_k"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            require_int(cfg, key, 0 if key.endswith("save_top_k") else 1)

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from elt.config import validate_train
+from elt.config import ConfigError, validate_train
+from elt.ilsd import lambda_at
+from elt.models.base import lr_factor
+from elt.precision import lightning_precision
+from elt.resume import (AtomicCheckpointIO, Preemption, RandomState, check_resumable, last_checkpoint_path,
+                        resolve_ckpt_path)
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +38,78 @@ def resolved_config(cfg: DictConfig) -> dict:
     }
 
 
+def debug_choice() -> str | None:
+    return HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
+
+
+def check_output_dirs(cfg: DictConfig) -> None:
+    """Fail at start, not after training, when the run cannot write its checkpoints; and never let
+    a debug run (fdr, limit, overfit) write into a directory that holds a trained run."""
+    out = Path(cfg.paths.output_dir)
+    debug = debug_choice()
+    if debug and (any((out / "checkpoints").glob("*.ckpt")) or (out / "csv" / "metrics.csv").is_file()):
+        raise ConfigError(f"debug={debug} refused: {out} holds a trained run (checkpoints or csv/metrics.csv); "
+                          f"debug runs must not write there: give them their own hydra.run.dir")
+    ckpt_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    for d in [out] + ([Path(ckpt_dir)] if ckpt_dir and not cfg.trainer.get("fast_dev_run") else []):
+        probe = Path(d) / f".write_test_{uuid.uuid4().hex[:8]}"
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write to {d} ({e.strerror or e}): checkpoints and logs go there "
+                              f"(set hydra.run.dir or callbacks.model_checkpoint.dirpath)") from None
+
+
+def explain_extension(saved: dict | None, cfg: DictConfig, step: int) -> None:
+    """Extending a finished run: λ and the learning rate are functions of step / max_steps, so a new
+    max_steps re-stretches both schedules and they jump to their values at the new progress."""
+    old_steps = OmegaConf.select(OmegaConf.create(saved or {}), "trainer.max_steps")
+    new_steps = cfg.trainer.max_steps
+    if not isinstance(old_steps, int) or old_steps == new_steps or step <= 0:
+        return
+    il = cfg.ilsd
+    lam = [lambda_at(min(step / n, 1.0), il.schedule, il.span, il.start) for n in (old_steps, new_steps)]
+    base_lr = float(OmegaConf.select(cfg, "model.optimizer.lr", default=0.0) or 0.0)
+    sched = OmegaConf.to_container(cfg.model.get("scheduler") or {}, resolve=True)
+    lr = [base_lr * lr_factor(min(step, n), n, **sched) for n in (old_steps, new_steps)]
+    log.warning("resuming at step %d with trainer.max_steps %d -> %d: the λ and learning-rate schedules follow "
+                "step / max_steps, so they continue from their values at %.0f%% of the new run (λ %.2f -> %.2f, "
+                "lr %.2g -> %.2g)", step, old_steps, new_steps, 100 * step / max(new_steps, 1), *lam, *lr)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit the configured model; returns the final logged metrics and the checkpoint path."""
     validate_train(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    check_output_dirs(cfg)
+    L.seed_everything(cfg.seed, workers=True)  # identical initial weights on every rank
     torch.set_float32_matmul_precision("high")
     datamodule = instantiate(cfg.data.module)
+    if hasattr(datamodule, "shuffle_seed"):
+        datamodule.shuffle_seed = int(cfg.seed)
     model = instantiate(cfg.model, _convert_="all")  # plain containers: checkpoints load with weights_only
+    model.noise_seed = int(cfg.seed)
+    precision = lightning_precision(cfg.trainer.get("precision", "32-true"), str(cfg.trainer.get("accelerator", "cpu")))
     resolved = resolved_config(cfg)
-    model.elt_config = resolved
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    resolved["trainer"]["precision"] = precision
+    model.elt_config = resolved  # the config of the run that writes each checkpoint (also when resuming)
+    check_strategy(cfg, model)
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    if ckpt_path is not None:
+        ckpt = check_resumable(ckpt_path, model, resolved)
+        explain_extension(ckpt.get("elt_config"), cfg, int(ckpt.get("global_step", 0)))
+        del ckpt
+
+    callbacks = instantiate_group(cfg.get("callbacks")) + [Preemption(), RandomState()]
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # logger=none / debug=fdr: a learning-rate monitor has nowhere to write
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if cfg.trainer.get("fast_dev_run"):  # Lightning's ModelCheckpoint still writes last.ckpt at train end
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
+                          plugins=[AtomicCheckpointIO()])
     for lg in loggers:
         lg.log_hyperparams(resolved)
     if cfg.get("compile"):
@@ -52,17 +117,24 @@ def train(cfg: DictConfig) -> dict:
         log.info("torch.compile: looped blocks compiled (first steps are slow while they build)")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s: %s N=%d Lmax=%d, %.2fM parameters", cfg.run_name, type(model).__name__, cfg.N, cfg.Lmax, n_params / 1e6)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return {"metrics": metrics, "ckpt_path": save_final(trainer), "num_params": n_params}
+    final = None if cfg.trainer.get("fast_dev_run") else save_final(trainer)
+    return {"metrics": metrics, "ckpt_path": final, "num_params": n_params}
+
+
+def check_strategy(cfg: DictConfig, model) -> None:
+    strategy = cfg.trainer.get("strategy")
+    name = str(strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else strategy or "").lower()
+    if "fsdp" in name and getattr(model, "ema", None) is not None:
+        raise ConfigError("model.ema_decay: the EMA keeps a full unsharded copy of the weights, which FSDP cannot "
+                          "shard; set model.ema_decay=null under trainer=fsdp, or train with trainer=ddp")
 
 
 def save_final(trainer) -> str | None:
     """Write ``last.ckpt`` at the final step: ModelCheckpoint's periodic saves miss the steps after
     the last multiple of ``every_n_train_steps``, and eval.py reads ``last.ckpt``."""
-    callback = next((c for c in trainer.checkpoint_callbacks if c.save_last and c.dirpath), None)
-    if callback is None:
-        return None
-    path = str(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
-    trainer.save_checkpoint(path)
+    path = last_checkpoint_path(trainer)
+    if path is not None:
+        trainer.save_checkpoint(path)
     return path

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from elt.config import ConfigError
+from elt.data.sampler import ResumableSampler
+
 
 class ImageLabelDataset(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -39,7 +42,10 @@ def digits_split(val_per_class: int = 30, seed: int = 0):
 
 class InMemoryDataModule(L.LightningDataModule):
     """Loaders and the batch-size check shared by the embedded datasets, which build both splits
-    in memory at ``setup()``; a subclass supplies ``make_splits()``."""
+    in memory at ``setup()``; a subclass supplies ``make_splits()``.
+
+    The training order is seeded by ``shuffle_seed`` (train.py sets the run's seed) and split
+    across ranks; the position inside the epoch travels in the checkpoint (``state_dict``)."""
 
     min_val_batch = 300  # validation runs in few, large batches
 
@@ -49,6 +55,8 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_dataset = self.val_dataset = None
+        self.shuffle_seed = 0
+        self._resume = {"epoch": 0, "batches": 0}
 
     def make_splits(self) -> tuple[Dataset, Dataset]:
         raise NotImplementedError
@@ -57,13 +65,42 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             self.train_dataset, self.val_dataset = self.make_splits()
 
+    def ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def check_batch_size(self) -> None:
+        """drop_last with fewer items per rank than one batch trains on nothing: refuse up front."""
+        world, _ = self.ranks()
+        per_rank = len(self.train_dataset) // world
+        if per_rank < self.batch_size:
+            raise ConfigError(f"data.batch_size ({self.batch_size}) is larger than the training split "
+                              f"({len(self.train_dataset)} items{f' over {world} ranks' if world > 1 else ''}): "
+                              f"no full batch to train on")
+
     def train_dataloader(self):
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+        self.check_batch_size()
+        world, rank = self.ranks()
+        sampler = ResumableSampler(self.train_dataset, seed=self.shuffle_seed, num_replicas=world, rank=rank,
+                                   epoch=self._resume["epoch"], start=self._resume["batches"] * self.batch_size)
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
         return DataLoader(self.val_dataset, batch_size=max(self.batch_size, self.min_val_batch), shuffle=False,
                           num_workers=self.num_workers)
+
+    def state_dict(self) -> dict:
+        """Where training stands in the current epoch: batches already trained on (each rank)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches": int(done), "seed": self.shuffle_seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
 
 
 class DigitsDataModule(InMemoryDataModule):

@@ -11,6 +11,20 @@ import lightning as L
 import torch
 
 from elt.ilsd import ILSDCallback, draw_lint, ilsd_objective
+from elt.optim import param_groups
+from elt.resume import mix_seed
+
+
+def lr_factor(step: int, total: int, warmup_steps: int = 0, kind: str = "cosine", min_lr_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``: linear warmup, then cosine to
+    ``min_lr_ratio`` (or constant). A function of step / total, so a longer run re-stretches it."""
+    warmup = int(warmup_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    t = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return float(min_lr_ratio) + (1 - float(min_lr_ratio)) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class LoopedGenerativeModule(L.LightningModule):
@@ -36,7 +50,9 @@ class LoopedGenerativeModule(L.LightningModule):
         self.scheduler_cfg = dict(scheduler or {})
         self.ilsd_lambda = 1.0  # set every step by ILSDCallback
         self.last_lint: int | None = None
-        self.elt_config: dict | None = None  # resolved training config, stored in checkpoints
+        self.elt_config: dict | None = None  # resolved config of the run that writes the checkpoint
+        self.resumed_config: dict | None = None  # the config stored in the checkpoint resumed from
+        self.noise_seed = 0  # train.py sets the run's seed
 
     # ---- what a family supplies -------------------------------------------------------------
     def training_inputs(self, batch, generator: torch.Generator | None = None):
@@ -58,10 +74,23 @@ class LoopedGenerativeModule(L.LightningModule):
     def ilsd_active(self) -> bool:
         return self.ilsd_enabled and self.Lmax > 1  # Lmax=1 (the non-looped baseline) has no student
 
-    def loss(self, batch) -> tuple[torch.Tensor, dict]:
-        inputs, targets = self.training_inputs(batch)
+    def step_generators(self, batch_idx: int = 0) -> tuple[torch.Generator, torch.Generator]:
+        """(corruption, exit) generators of this training step, pure functions of the run's seed and
+        step: every rank draws its own mask / t / ε / label drop (seeded by rank), all ranks draw the
+        same student exit (so a step's compute is balanced), and a resumed run draws exactly what
+        the uninterrupted one would have, whatever happened to the global RNG in between."""
+        trainer = self._trainer
+        step = self.global_step if trainer is not None else 0
+        micro = batch_idx % max(int(getattr(trainer, "accumulate_grad_batches", 1) or 1), 1) if trainer else 0
+        noise = torch.Generator(device=self.device).manual_seed(mix_seed(self.noise_seed, self.global_rank, step, micro))
+        lint = torch.Generator().manual_seed(mix_seed(self.noise_seed, -1, step, micro))
+        return noise, lint
+
+    def loss(self, batch, batch_idx: int = 0) -> tuple[torch.Tensor, dict]:
+        noise, exit_gen = self.step_generators(batch_idx)
+        inputs, targets = self.training_inputs(batch, generator=noise)
         if self.ilsd_active:
-            self.last_lint = draw_lint(self.Lmin, self.Lmax)
+            self.last_lint = draw_lint(self.Lmin, self.Lmax, generator=exit_gen)
             student, teacher = self.predict(inputs, loops=self.Lmax, exits=[self.last_lint, self.Lmax])
         else:
             self.last_lint, student = None, None
@@ -75,7 +104,7 @@ class LoopedGenerativeModule(L.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
-        loss, parts = self.loss(batch)
+        loss, parts = self.loss(batch, batch_idx)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss at step {self.global_step}: "
@@ -102,29 +131,25 @@ class LoopedGenerativeModule(L.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            # matrices decay; biases, norms and embedding tables do not
-            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(self)  # by module type: the same groups with or without FSDP
         opt = self.optimizer_factory(params=groups) if self.optimizer_factory else torch.optim.AdamW(groups)
-        warmup = int(self.scheduler_cfg.get("warmup_steps", 0))
-        kind = self.scheduler_cfg.get("kind", "cosine")
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        min_ratio = float(self.scheduler_cfg.get("min_lr_ratio", 0.0))
 
         def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if kind == "constant":
-                return 1.0
-            t = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+            return lr_factor(step, total, **self.scheduler_cfg)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Under FSDP the norm must be taken over every rank's shards: the root unit's own
+        ``clip_grad_norm_`` (Lightning's norm clipping refuses FSDP)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        if gradient_clip_val and isinstance(self.trainer.model, FSDP):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
@@ -132,7 +157,8 @@ class LoopedGenerativeModule(L.LightningModule):
             checkpoint["elt_config"] = self.elt_config
 
     def on_load_checkpoint(self, checkpoint):
-        self.elt_config = checkpoint.get("elt_config")
+        # keep this run's config (it is what the next checkpoint must describe); remember the old one
+        self.resumed_config = checkpoint.get("elt_config")
 
     # ---- class conditioning shared by families -----------------------------------------------
     def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

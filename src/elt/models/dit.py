@@ -70,6 +70,7 @@ class DiTELT(LoopedGenerativeModule):
         input_injection: bool = False,
         loop_embedding: bool = False,
         dropout: float = 0.0,
+        checkpointing: bool = False,
         name: str = "dit_elt",
     ):
         super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler,
@@ -105,7 +106,7 @@ class DiTELT(LoopedGenerativeModule):
         self.class_embed = nn.Embedding(num_classes + 1, width)  # + null class for guidance
         self.backbone = LoopedBackbone(
             width, heads, N, mlp_dim, Lmax=Lmax, cond_dim=width, input_injection=input_injection,
-            loop_embedding=loop_embedding, dropout=dropout,
+            loop_embedding=loop_embedding, dropout=dropout, checkpointing=checkpointing,
         )
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
@@ -113,6 +114,8 @@ class DiTELT(LoopedGenerativeModule):
         self.init_weights()
         # built last, from every parameter above; None = no EMA (sampling uses the live weights)
         self.ema = EMA(self.parameters(), ema_decay, ema_warmup) if ema_decay is not None else None
+        if self.ema is not None:  # every rank averages the same synced weights: DDP must not broadcast
+            self._ddp_params_and_buffers_to_ignore = [f"ema.{n}" for n, _ in self.ema.named_buffers()]  # the shadow
 
     @staticmethod
     def build_schedule(cfg: dict, resolution: int) -> D.ShiftedCosineSchedule:
