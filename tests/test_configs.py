@@ -20,9 +20,15 @@ def options(group):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(group, option, tmp_path):
-    cfg = compose_cfg("train", [f"{group}={option}"], tmp_path)
+    extra = ["data.num_classes=3"] if (group, option) == ("data", "image_folder") else []  # counted from the folder
+    cfg = compose_cfg("train", [f"{group}={option}", *extra], tmp_path)
     if cfg.data.name == "ucf101":  # its MAGVIT export is a local file; a stand-in of the same shapes
         cfg.data.tokenizer.path = str(save_magvit_stand_in(tmp_path / "magvit.pt"))
+    if cfg.data.name in ("imagenet", "image_folder"):  # diffusers directories: tiny random models, same shapes
+        from test_pretrained import save_imagenet_stand_ins
+
+        vq, vae = save_imagenet_stand_ins(tmp_path)
+        cfg.data.tokenizer.path, cfg.data.autoencoder.path = str(vq), str(vae)
     validate_train(cfg)
     assert cfg.run_name  # every interpolation the run name needs resolves
     if group in ("data", "model", "scale", "ilsd", "experiment"):

@@ -179,12 +179,8 @@ def test_ucf101_without_files_fails_naming_them(tmp_path, capsys):
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "tokenizer: file not found:" in err and "magvit_ucf101.pt" in err and "export a MAGVIT" in err
     dm = instantiate(cfg.data.module)
-    with pytest.raises(FileNotFoundError, match="UCF-101: data directory not found"):
-        dm.setup()
-    (tmp_path / "shards").mkdir()
-    dm = instantiate(cfg.data.module, root=str(tmp_path / "shards"))
-    with pytest.raises(NotImplementedError, match="later issue"):
-        dm.setup()
+    with pytest.raises(FileNotFoundError, match="data directory not found"):
+        dm.setup("fit")
 
 
 def test_scripted_tokenizer_checks_its_file_and_outputs(tmp_path, magvit_file):

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from elt import precision
@@ -33,7 +32,7 @@ from elt.evaluation.extractors import I3D, FeatureExtractor, InceptionV3, JudgeE
 from elt.files import file_fingerprint, fingerprint, write_text_atomic
 from elt.evaluation.plots import MAX_GIF_FPS, quality_figure, save_animation, save_figure, save_grid
 from elt.evaluation.report import log_to_loggers, quality_metrics, write_tables
-from elt.evaluation.scoring import Scorer, dataset_batch, reference_statistics
+from elt.evaluation.scoring import Scorer, balanced_subset, dataset_batch, load_reference_npz, reference_statistics
 
 log = logging.getLogger(__name__)
 STANDARD_EXTRACTORS = {"inception": InceptionV3, "i3d": I3D}
@@ -56,6 +55,9 @@ class Settings:
     floor_split: str
     seed: int
     progress: bool
+    reference_stats: str | None = None  # a precomputed InceptionV3 reference (ADM's .npz) instead of a split
+    reference_per_class: int | None = None  # reference statistics on at most this many items per class
+    trivial_fit_items: int | None = None  # the trivial row's marginals from at most this many training items
 
 
 def parse_loops(spec, extra: int, lmax: int) -> list[int]:
@@ -101,6 +103,11 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
         raise ConfigError(f"eval.gif_fps must be a number in (0, {MAX_GIF_FPS}] (frames per second of the "
                           f"animated video grids), got {fps!r}")
     is_splits = require_int(cfg, "eval.is_splits", 1)
+    optional = {k: None if e.get(k) is None else require_int(cfg, f"eval.{k}", 1)
+                for k in ("reference_per_class", "trivial_fit_items")}
+    reference_stats = e.get("reference_stats")
+    if reference_stats is not None and (not isinstance(reference_stats, str) or not reference_stats.strip()):
+        raise ConfigError(f"eval.reference_stats must be the path of an .npz file or null, got {reference_stats!r}")
     if is_splits > per_class:
         # A split of n < K samples caps IS at n (1 ± 0 with one sample per split): each split
         # should hold every class once, which the class-balanced labels give with per_class splits.
@@ -123,6 +130,8 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
         floor_split=e.floor_split,
         seed=require_int(cfg, "seed", 0),
         progress=bool(e.get("progress", True)),
+        reference_stats=reference_stats,
+        **optional,
     )
 
 
@@ -215,17 +224,6 @@ class RowCache:
         return row
 
 
-def balanced_subset(dataset, per_class: int, num_classes: int) -> Subset:
-    """The first ``per_class`` items of each class, so the floor row has the model rows' sample
-    count (a Fréchet distance's bias shrinks with n: rows of different n do not compare)."""
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        labels = torch.tensor([dataset[i]["label"] for i in range(len(dataset))])
-    labels = torch.as_tensor(labels)
-    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)])
-    return Subset(dataset, idx.sort().values.tolist())
-
-
 def make_row(name: str, kind: str, n: int, metrics: dict, loops: int | None = None, extrapolated: bool = False,
              gflops: float | None = None, seconds: float | None = None) -> dict:
     return {"name": name, "row": kind, "loops": loops, "extrapolated": extrapolated, "num_samples": n,
@@ -249,7 +247,7 @@ class LoopSweep:
     batch order, so the table does not depend on the number of ranks."""
 
     def __init__(self, cfg: DictConfig, model, train_cfg: DictConfig, s: Settings, sampler: dict, device: torch.device,
-                 sample_precision: str, ranks: Ranks):
+                 sample_precision: str, ranks: Ranks, npz: dict | None = None):
         self.model, self.train_cfg, self.s, self.sampler, self.device = model, train_cfg, s, sampler, device
         self.precision, self.ranks = sample_precision, ranks
         self.out_dir = Path(cfg.eval.output_dir)
@@ -258,10 +256,17 @@ class LoopSweep:
             datamodule.setup()
             self.extractors = [e.to(device) for e in build_extractors(s.extractors, cfg, train_cfg, datamodule)]
         self.splits = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}
+        self.video = len(datamodule.image_shape) == 4
         data_key = judges.data_key(train_cfg.data.module)
+        names = [e.name for e in self.extractors]
+        if npz is not None and "inception" not in names:
+            raise ConfigError(f"eval.reference_stats holds InceptionV3 statistics, but eval.extractors gives {names}; "
+                              "add inception to eval.extractors or set eval.reference_stats=null")
+        self.npz = npz  # eval.reference_stats, loaded and checked by evaluate() before any work
         self.references = {  # only rank 0 scores
-            e.name: reference_statistics(e, self.splits[s.reference_split], f"{datamodule.name}_{s.reference_split}",
-                                         data_key, cfg.paths.cache_dir, s.batch_size, device)
+            e.name: self.npz if self.npz is not None and e.name == "inception" else reference_statistics(
+                e, self.splits[s.reference_split], f"{datamodule.name}_{s.reference_split}", data_key, cfg.paths.cache_dir,
+                s.batch_size, device, per_class=s.reference_per_class, num_classes=model.num_classes)
             for e in self.extractors
         } if ranks.main else {}
         self.labels = balanced_labels(model.num_classes, s.samples_per_class)
@@ -272,12 +277,19 @@ class LoopSweep:
             "extractors": [e.fingerprint for e in self.extractors], "reference": s.reference_split, "data": data_key,
             "is_splits": s.is_splits, "pr_k": s.pr_k, "grid": [s.grid_per_class, self.grid_classes],
         }
-        if len(datamodule.image_shape) == 4:  # videos: the animated grids are part of a row's output
+        if self.video:  # videos: the animated grids are part of a row's output
             common["gif_fps"] = s.gif_fps
+        # keyed only when set, so rows cached before these options existed stay valid
+        common.update({k: v for k, v in [("reference_stats", npz and npz["fingerprint"]),
+                                         ("reference_per_class", s.reference_per_class)] if v is not None})
+        self.trivial_per_class = None  # None: the whole training split
+        if s.trivial_fit_items is not None and s.trivial_fit_items // model.num_classes < len(self.splits["train"]):
+            self.trivial_per_class = max(1, s.trivial_fit_items // model.num_classes)
         ckpt = file_fingerprint(Path(cfg.ckpt_path))
         self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "ckpt": ckpt, "sampler": sampler,
                                                                         "precision": sample_precision}))
-        self.ref_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "floor": s.floor_split}))
+        trivial = {"trivial_per_class": self.trivial_per_class} if self.trivial_per_class else {}
+        self.ref_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "floor": s.floor_split, **trivial}))
 
     def rows(self) -> list[dict]:
         """The table's rows on rank 0; Nones elsewhere."""
@@ -291,6 +303,19 @@ class LoopSweep:
         for L in tqdm(self.s.loops, desc="loop counts", unit="L", disable=not (self.s.progress and ranks.main)):
             rows.append(self.model_rows.get_or_compute(f"L{L}", lambda L=L: self.model_row(L), ranks))
         return rows
+
+    def reference_sources(self) -> dict[str, str]:
+        """What each extractor's reference statistics were computed on, for the table header (rank 0)."""
+        s, items = self.s, "videos" if self.video else "images"
+        out = {}
+        for name, ref in self.references.items():
+            if ref is self.npz:
+                n = f" ({ref['n']} images)" if ref.get("n") is not None else ""
+                out[name] = f"ADM reference batch {ref['path']}{n}"
+            else:
+                bound = f" (at most {s.reference_per_class} per class)" if s.reference_per_class else ""
+                out[name] = f"real {s.reference_split} split, {int(ref['n'])} {items}{bound}, cached"
+        return out
 
     def model_row(self, L: int) -> dict | None:
         def sample(y, g):
@@ -311,10 +336,17 @@ class LoopSweep:
         return scored and make_row(f"real ({self.s.floor_split} split)", "real", len(floor), scored[0])
 
     def trivial_row(self) -> dict | None:
-        """On the CPU whatever the eval device: its samples, and so its row, are the same everywhere."""
-        trivial = IndependentTokens(instantiate(self.train_cfg.data.tokenizer), self.model.num_classes).fit(self.splits["train"])
-        s = self.s
-        batch = lambda i: sampled_batch(trivial.sample, self.labels, s.batch_size, s.seed, torch.device("cpu"), i)  # noqa: E731
+        """Tokens drawn on the CPU whatever the eval device, so its samples are the same everywhere;
+        fitted from at most ``eval.trivial_fit_items`` training items (class-balanced), encoded and
+        decoded on the eval device."""
+        s, k = self.s, self.model.num_classes
+        tokenizer = getattr(self.model, "tokenizer", None) or instantiate(self.train_cfg.data.tokenizer)
+        train = self.splits["train"]
+        if self.trivial_per_class:  # ImageNet: 50 per class, not all 1.28M images through the VQ encoder
+            train = balanced_subset(train, self.trivial_per_class, k)
+        trivial = IndependentTokens(tokenizer, k).fit(train, device=self.device)
+        sample = lambda y, g: trivial.sample(y, g, device=self.device)  # noqa: E731
+        batch = lambda i: sampled_batch(sample, self.labels, s.batch_size, s.seed, torch.device("cpu"), i)  # noqa: E731
         scored = self.score(batch, len(self.labels), "trivial", "score trivial model")
         return scored and make_row("trivial (independent tokens)", "trivial", len(self.labels), scored[0], gflops=0.0,
                                    seconds=scored[1])
@@ -382,9 +414,10 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"eval.sampler must be a mapping like {{steps: 16}}, got {cfg.eval.sampler!r}")
     sampler = check_sampler(model.sampler_config(
         **(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {})))
+    npz = load_reference_npz(s.reference_stats, s.pr_k) if s.reference_stats is not None else None
     ranks.init(device)
     try:
-        sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, sample_precision, ranks)
+        sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, sample_precision, ranks, npz)
         rows = sweep.rows()
         result = report(cfg, train_cfg, model, s, sampler, sample_precision, sweep, rows) if ranks.main else {}
         ranks.barrier()  # the others wait for rank 0's files
@@ -395,8 +428,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def report(cfg, train_cfg, model, s: Settings, sampler, sample_precision, sweep: LoopSweep, rows) -> dict:
     out_dir = sweep.out_dir
-    meta = describe(cfg, train_cfg, model, s, sampler, sample_precision, sweep.extractors,
-                    len(sweep.splits[s.reference_split]))
+    meta = describe(cfg, train_cfg, model, s, sampler, sample_precision, sweep.extractors, sweep.reference_sources())
     table = write_tables(rows, meta, out_dir)
     print(table)
     metrics = quality_metrics(rows)
@@ -411,7 +443,8 @@ def report(cfg, train_cfg, model, s: Settings, sampler, sample_precision, sweep:
     return {"rows": rows, "table": table, "output_dir": str(out_dir), "figures": {k: str(v) for k, v in figures.items()}}
 
 
-def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str, extractors, n_reference) -> dict:
+def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str, extractors,
+             references: dict[str, str]) -> dict:
     evals = model.network_evals_per_sample(**sampler)
     video = any(e.modality == "video" for e in extractors)
     items, standard = ("videos", "I3D FVD") if video else ("images", "InceptionV3 FID")
@@ -429,7 +462,8 @@ def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str,
         f"{s.samples_per_class * model.num_classes} samples per row ({s.samples_per_class} per class), seed {s.seed}, "
         f"{evals} network evaluations per sample, sampled in {'bf16 autocast' if sample_precision == 'bf16' else 'fp32'} "
         "(features in fp32); sampler: " + ", ".join(f"{k}={v}" for k, v in sampler.items()),
-        f"Reference statistics: real {s.reference_split} split ({n_reference} {items}).",
+        "Reference statistics: " + ("; ".join(f"{k}: {v}" for k, v in references.items())
+                                    if len(set(references.values())) > 1 else next(iter(references.values()))) + ".",
     ]
     for e in extractors:
         if e.info.get("val_accuracy") is not None:
@@ -443,16 +477,11 @@ def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str,
 
 
 def build_loggers(cfg: DictConfig, train_cfg: DictConfig) -> list:
-    """The eval config's loggers, with the evaluated run's data/model/tags visible to their
-    interpolations (W&B groups eval runs with their training runs)."""
+    """The eval config's loggers, resolved against the evaluated run's training config (W&B groups
+    eval runs with their training runs): ``elt.report.eval_logger_config``."""
+    from elt.report import eval_logger_config
     from elt.train import instantiate_group
 
     if not cfg.get("logger"):
         return []
-    context = OmegaConf.create({
-        "data": {"name": train_cfg.data.name}, "model": {"name": train_cfg.model.name},
-        "tags": list(train_cfg.get("tags") or []) + ["eval"], "run_name": f"{train_cfg.run_name}_{cfg.run_name}",
-    })
-    base = cfg.copy()
-    OmegaConf.set_struct(base, False)
-    return instantiate_group(OmegaConf.merge(base, context).logger)
+    return instantiate_group(eval_logger_config(cfg, train_cfg))

@@ -3,15 +3,17 @@ statistics. Samples are never all held in memory (50k ImageNet images would not 
 is reduced to features at once, and only the few shown in the grid are kept."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import Subset, default_collate
 from tqdm.auto import tqdm
 
+from elt.config import ConfigError
 from elt.evaluation.extractors import FeatureExtractor
 from elt.files import atomic_path, fingerprint
 from elt.evaluation.metrics import FeatureStats, frechet_distance, inception_score, precision_recall
@@ -19,6 +21,7 @@ from elt.evaluation.metrics import FeatureStats, frechet_distance, inception_sco
 log = logging.getLogger(__name__)
 
 PR_MAX_ITEMS = 10_000  # k-NN precision/recall is quadratic; features beyond this are not kept
+INCEPTION_DIM = 2048  # InceptionV3 pool features: what ADM's reference batches hold
 
 
 class Scorer:
@@ -101,19 +104,36 @@ def dataset_batches(dataset, batch_size: int):
         yield dataset_batch(dataset, batch_size, i)
 
 
+def balanced_subset(dataset, per_class: int, num_classes: int) -> Subset:
+    """The first ``per_class`` items of each class (fewer where a class has fewer), in dataset
+    order. Reads the dataset's ``.labels`` (known without decoding an image) when it has them:
+    drawing 50 per class from ImageNet's 1.28M training images must not read every image."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = torch.tensor([dataset[i]["label"] for i in range(len(dataset))])
+    labels = torch.as_tensor(labels)
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)])
+    return Subset(dataset, idx.sort().values.tolist())
+
+
 def reference_statistics(extractor: FeatureExtractor, dataset, tag: str, data_key: dict, cache_dir: str | Path,
-                         batch_size: int, device: torch.device) -> dict:
+                         batch_size: int, device: torch.device, per_class: int | None = None,
+                         num_classes: int | None = None) -> dict:
     """Mean/covariance (and up to PR_MAX_ITEMS features) of a real split in ``extractor``'s space,
-    computed once per (dataset split, extractor weights) and cached as ``<cache_dir>/reference/``
-    ``<tag>_<extractor>_<key>.npz``."""
-    key = fingerprint({"data": data_key, "extractor": extractor.fingerprint, "tag": tag})
-    path = Path(cache_dir) / "reference" / f"{tag}_{extractor.name}_{key}.npz"
+    computed once per (dataset split, extractor weights, subset) and cached as ``<cache_dir>/``
+    ``reference/<tag>_<extractor>_<key>.npz``. ``per_class``: only a class-balanced subset of at
+    most that many items per class (``num_classes`` classes), drawn only on a cache miss."""
+    subset = {"per_class": per_class} if per_class else {}  # the whole split keeps its old cache key
+    key = fingerprint({"data": data_key, "extractor": extractor.fingerprint, "tag": tag, **subset})
+    path = Path(cache_dir) / "reference" / f"{tag}{f'_{per_class}pc' if per_class else ''}_{extractor.name}_{key}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
                 return {k: z[k] for k in ("mu", "sigma", "features", "n")}
         except Exception as e:  # corrupt cache: recompute rather than trust or crash
             log.warning("reference statistics %s unreadable (%s); recomputing", path, e)
+    if per_class:
+        dataset = balanced_subset(dataset, per_class, num_classes)
     scorer = Scorer([extractor], device, keep_features=True)
     with tqdm(total=len(dataset), desc=f"reference {tag} ({extractor.name})", unit="img", leave=False) as bar:
         for images, _ in dataset_batches(dataset, batch_size):
@@ -124,4 +144,54 @@ def reference_statistics(extractor: FeatureExtractor, dataset, tag: str, data_ke
            "n": np.array(len(dataset))}
     with atomic_path(path) as tmp:
         np.savez(tmp, **ref)
+    return ref
+
+
+def npz_member_shape(z, name: str) -> tuple[int, ...] | None:
+    """Shape of array ``name`` in an open npz, read from its header only (ADM's ``arr_0`` is 2 GB of images)."""
+    if name not in z.files:
+        return None
+    with z.zip.open(f"{name}.npy") as f:
+        fmt = np.lib.format
+        shape, _, _ = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0)(f)
+    return tuple(shape)
+
+
+def load_reference_npz(path, pr_k: int | None = None) -> dict:
+    """Precomputed InceptionV3 reference statistics, e.g. ADM's reference batch
+    (VIRTUAL_imagenet256_labeled.npz: ``mu`` [2048], ``sigma`` [2048, 2048], images in ``arr_0``),
+    checked before any sampling. Precision/recall needs the reference's features themselves (key
+    ``features`` [n, 2048]); ADM's files have only their moments, so it is refused for them."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"eval.reference_stats: file not found: {p}; ADM's ImageNet 256 reference batch is "
+                                "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
+                                "VIRTUAL_imagenet256_labeled.npz (fetch it on a connected machine)")
+    try:
+        z = np.load(p)
+    except Exception as e:
+        raise ValueError(f"eval.reference_stats: {p} is not a readable .npz ({type(e).__name__}: {str(e)[:200]})") from None
+    with z:
+        missing = [k for k in ("mu", "sigma") if k not in z.files]
+        if missing:
+            raise ValueError(f"eval.reference_stats: {p} has no {' or '.join(missing)} array (it holds {sorted(z.files)})")
+        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+        d = INCEPTION_DIM
+        if mu.shape != (d,) or sigma.shape != (d, d) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise ValueError(f"eval.reference_stats: {p} must hold finite {d}-d InceptionV3 statistics (mu [{d}], "
+                             f"sigma [{d}, {d}]), got mu {list(mu.shape)}, sigma {list(sigma.shape)}")
+        ref = {"mu": mu, "sigma": sigma, "path": str(p),
+               "fingerprint": fingerprint([hashlib.sha256(a.tobytes()).hexdigest() for a in (mu, sigma)])}
+        if "features" in z.files:
+            feats = z["features"]
+            if feats.ndim != 2 or feats.shape[1] != d:
+                raise ValueError(f"eval.reference_stats: {p}: features must be [n, {d}], got {list(feats.shape)}")
+            ref["features"] = feats[:PR_MAX_ITEMS].astype(np.float32)
+            ref["fingerprint"] = fingerprint([ref["fingerprint"], hashlib.sha256(ref["features"].tobytes()).hexdigest()])
+        elif pr_k:
+            raise ConfigError(f"eval.precision_recall={pr_k} needs the reference images' features, but "
+                              f"eval.reference_stats={p} holds only their moments ({', '.join(sorted(z.files))}); "
+                              "set eval.precision_recall=false, or eval.reference_stats=null to use the real split")
+        shape = npz_member_shape(z, "arr_0")
+        ref["n"] = len(feats) if "features" in z.files else (shape[0] if shape else None)
     return ref

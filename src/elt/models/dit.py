@@ -170,7 +170,7 @@ class DiTELT(LoopedGenerativeModule):
     # ---- training ------------------------------------------------------------------------------
     def training_inputs(self, batch, generator: torch.Generator | None = None):
         with torch.no_grad():  # the autoencoder is frozen (identity for pixels, the SD VAE for latents)
-            x0 = self.autoencoder.encode(batch["image"]).float()
+            x0 = (batch["latent"] if "latent" in batch else self.autoencoder.encode(batch["image"])).float()  # shards: latents
         b, dev = x0.shape[0], x0.device
         t = torch.rand(b, generator=generator, device=dev)
         logsnr = self.schedule.logsnr(t)

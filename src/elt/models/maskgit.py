@@ -133,7 +133,8 @@ class MaskGITELT(LoopedGenerativeModule):
 
     # ---- training ------------------------------------------------------------------------------
     def training_inputs(self, batch, generator: torch.Generator | None = None):
-        tokens = self.tokenizer.encode(batch["image"])
+        # shards hold the tokens already (prepare.py); the embedded data are encoded here
+        tokens = batch["tokens"] if "tokens" in batch else self.tokenizer.encode(batch["image"])
         labels = batch["label"]
         b, t = tokens.shape
         dev = tokens.device

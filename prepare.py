@@ -1,0 +1,18 @@
+"""Encode a raw dataset once into webdataset shards that train.py streams.
+
+Example: python prepare.py data=imagenet model=maskgit_elt data.raw_root=<ILSVRC dir> data.root=<shard dir>
+On several GPUs: add trainer=ddp trainer.devices=8 (each rank writes its own shards; rerun to resume)."""
+import hydra
+from omegaconf import DictConfig
+
+from elt.cli import launch, run_cli
+from elt.prepare import prepare
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    run_cli(prepare, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)
