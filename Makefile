@@ -10,7 +10,8 @@ DEMO := outputs/demo
 DEMO_EVAL := eval.precision=32
 export ELT_ROOT := $(CURDIR)
 
-.PHONY: install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow bench clean
+.PHONY: install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow bench clean \
+	paper-plan table-imagenet-maskgit table-imagenet-dit table-ucf101 table-throughput
 
 install: $(STAMP)
 
@@ -67,6 +68,33 @@ bench: install
 	$(PY) benchmarks/precision.py
 	$(PY) benchmarks/compile.py
 	$(PY) benchmarks/activation_memory.py
+
+# The paper's tables (docs/paper_tables.md). paper-plan: every row's parameters / GFLOPs beside the paper's and
+# its training cost; fails when a row's parameter count is > 5% off. table-*: train every row (resumable: one
+# run dir per row, ckpt_path=last), evaluate at every loop count, render outputs/tables/<table>.md + PNGs.
+# TABLE_SCALE=smoke: the same commands for 2 steps at width 32 on the embedded digits / moving digits.
+TABLE_SCALE ?= paper
+TABLE_RUNS ?= outputs/paper$(if $(filter smoke,$(TABLE_SCALE)),_smoke,)
+TABLE_OUT ?= outputs/tables$(if $(filter smoke,$(TABLE_SCALE)),/smoke,)
+TABLE_ARGS ?=
+TABLE := --scale $(TABLE_SCALE) --runs $(TABLE_RUNS) --out $(TABLE_OUT) $(TABLE_ARGS)
+
+paper-plan: install
+	$(PY) -m elt.paper plan
+
+table-imagenet-maskgit: install
+	$(PY) -m elt.paper run imagenet_maskgit $(TABLE)
+
+table-imagenet-dit: install
+	$(PY) -m elt.paper run imagenet_dit $(TABLE)
+
+table-ucf101: install
+	$(PY) -m elt.paper run ucf101 $(TABLE)
+
+# Sampling throughput (batch 8) and peak training memory, ELT vs its same-scale baseline, interleaved
+# on whatever device is present; on a CPU at reduced width and tokens (benchmarks/results/throughput.md).
+table-throughput: install
+	$(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS)
 
 clean:
 	rm -rf outputs logs

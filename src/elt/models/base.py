@@ -121,13 +121,17 @@ class LoopedGenerativeModule(L.LightningModule):
 
     # ---- any-time signal during training -------------------------------------------------------
     def validation_step(self, batch, batch_idx):
-        """Task loss at every loop count 1..Lmax from one pass, with fixed corruption per batch."""
+        """Task loss at every loop count 1..Lmax from one pass, with fixed corruption per batch; the
+        top exit also as ``val/loss_Lmax``, one key that runs of different Lmax share on a dashboard."""
         gen = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
         inputs, targets = self.training_inputs(batch, generator=gen)
         exits = list(range(1, self.Lmax + 1))
         preds = self.predict(inputs, loops=self.Lmax, exits=exits)
         for loop, pred in zip(exits, preds):
-            self.log(f"val/loss_L{loop}", self.task_loss(pred, targets), prog_bar=loop == self.Lmax, sync_dist=True)
+            loss = self.task_loss(pred, targets)
+            self.log(f"val/loss_L{loop}", loss, prog_bar=loop == self.Lmax, sync_dist=True)
+            if loop == self.Lmax:
+                self.log("val/loss_Lmax", loss, sync_dist=True)
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
