@@ -106,11 +106,18 @@ class KillAt:
                 self.step, self.sig = int(step), sig
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step == self.step:
+                    self.kill()
+
+            def on_sanity_check_start(self, trainer, pl_module):
+                if self.step == 0:  # before training: Lightning's own handler is the one in place
+                    self.kill()
+
+            def kill(self):
                 import os
                 import signal
 
-                if trainer.global_step == self.step:
-                    os.kill(os.getpid(), getattr(signal, self.sig))
+                os.kill(os.getpid(), getattr(signal, self.sig))
 
         return _KillAt(*args, **kwargs)
 
@@ -125,6 +132,7 @@ class NoiseProbe:
         from pathlib import Path
 
         import lightning as L
+        import torch
 
         def digest(obj) -> str:
             if isinstance(obj, dict):
@@ -139,10 +147,12 @@ class NoiseProbe:
                 original = pl_module.training_inputs
 
                 def recording(batch, generator=None):
-                    inputs, targets = original(batch, generator=generator)
-                    if pl_module.training:
-                        self.current = {"inputs": digest(inputs), "items": sorted(digest(x) for x in batch["image"])}
-                    return inputs, targets
+                    if pl_module.training:  # a draw from a copy of the step's own noise stream, not of the data
+                        probe = torch.Generator(device=generator.device)
+                        probe.set_state(generator.get_state())
+                        self.current = {"noise": digest(torch.rand(8, generator=probe, device=generator.device)),
+                                        "items": sorted(digest(x) for x in batch["image"])}
+                    return original(batch, generator=generator)
 
                 pl_module.training_inputs = recording
 
@@ -154,3 +164,26 @@ class NoiseProbe:
                 path.write_text(json.dumps(self.steps))
 
         return _NoiseProbe(*args, **kwargs)
+
+
+class KeyProbe:
+    """A callback recording, per rank, the sample keys of every training batch (shards carry
+    ``batch["key"]``); written to <output_dir>/keys_rank<r>.json at the end of training."""
+
+    def __new__(cls, *args, **kwargs):
+        import json
+        from pathlib import Path
+
+        import lightning as L
+
+        class _KeyProbe(L.Callback):
+            def __init__(self, output_dir: str):
+                self.output_dir, self.steps = Path(output_dir), []
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                self.steps.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "keys": list(batch["key"])})
+
+            def on_train_end(self, trainer, pl_module):
+                (self.output_dir / f"keys_rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+        return _KeyProbe(*args, **kwargs)

@@ -55,6 +55,17 @@ def test_sigterm_saves_and_exits_nonzero_and_resume_is_bit_exact(train_cfg, tmp_
     assert_same_weights(weights(reference["ckpt_path"]), weights(resumed["ckpt_path"]))
 
 
+def test_sigterm_before_training_still_saves_and_exits_nonzero_and_handlers_are_restored(train_cfg):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:  # during the sanity check: Lightning's handler was in place
+        train(train_cfg("trainer.num_sanity_val_steps=1", "+callbacks.kill._target_=helpers.KillAt",
+                        "+callbacks.kill.step=0"))
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before  # nothing of the run's handlers left behind
+    train(train_cfg("trainer.max_steps=3", "ckpt_path=last"))
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_resume_from_a_periodic_checkpoint_after_kill_9_is_bit_exact(train_cfg, tmp_path):
     """kill -9 leaves the newest periodic checkpoint: resuming from it (mid-epoch) ends where the
     uninterrupted run ends."""

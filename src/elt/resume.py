@@ -81,20 +81,44 @@ class Preemption(L.Callback):
             raise KeyboardInterrupt  # asked twice: do not wait for the step
         self.received = signum
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.received = None
+    def _install(self) -> None:
         try:
-            self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+            for s in self.signals:
+                signal.signal(s, self._handle)
         except ValueError:  # not the main thread (e.g. a notebook's worker): leave signals alone
-            self._previous = {}
+            pass
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Runs before Lightning installs its handlers: remember the process's originals. Until
+        training starts, Lightning's handler notes a SIGTERM (``trainer.received_sigterm``)."""
+        self.received = None
+        if not self._previous:
+            self._previous = {s: signal.getsignal(s) for s in self.signals}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install()  # Lightning registered its handlers in between
+
+    def _restore(self) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            try:
+                signal.signal(s, handler)
+            except (ValueError, TypeError):
+                pass
         self._previous = {}
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is None and getattr(trainer, "received_sigterm", False):
+            self.received = signal.SIGTERM  # arrived while Lightning's handler was in place (setup, sanity check)
         stop = self.received is not None
+        accumulating = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", lambda: False)()
+        if accumulating:  # mid-accumulation: half a gradient is not in a checkpoint; stop at the step's end
+            return
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
@@ -132,8 +156,8 @@ class RandomState(L.Callback):
         state = {"python": random.getstate(), "torch": torch.get_rng_state(),
                  "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                            "has_gauss": int(has_gauss), "cached": float(cached)}}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # this rank's device only
+            state["cuda"] = torch.cuda.get_rng_state()
         return state
 
     def state_dict(self) -> dict:
@@ -156,17 +180,17 @@ class RandomState(L.Callback):
         np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
         torch.set_rng_state(s["torch"])
         if "cuda" in s and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda"])
+            torch.cuda.set_rng_state(s["cuda"])
 
 
 # ---- resuming ------------------------------------------------------------------------------------
-def resolve_ckpt_path(spec, output_dir) -> str | None:
-    """``ckpt_path``: null (fresh), ``last`` (this run directory's ``checkpoints/last.ckpt`` when it
+def resolve_ckpt_path(spec, ckpt_dir) -> str | None:
+    """``ckpt_path``: null (fresh), ``last`` (``last.ckpt`` in the run's checkpoint directory when it
     exists, else a fresh start: what a requeued job needs) or a file that must exist."""
     if spec in (None, "", "null", "None"):
         return None
     if str(spec) == "last":
-        path = Path(output_dir) / "checkpoints" / "last.ckpt"
+        path = Path(ckpt_dir) / "last.ckpt"
         if path.is_file():
             log.info("ckpt_path=last: resuming from %s", path)
             return str(path)

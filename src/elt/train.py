@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import uuid
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -15,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from elt.config import ConfigError, validate_train
 from elt.ilsd import lambda_at
 from elt.models.base import lr_factor
+from elt.paper import apply_global_batch
 from elt.precision import lightning_precision
-from elt.resume import (AtomicCheckpointIO, Preemption, RandomState, check_resumable, last_checkpoint_path,
+from elt.resume import (AtomicCheckpointIO, Preempted, Preemption, RandomState, check_resumable,
+                        last_checkpoint_path,
                         resolve_ckpt_path)
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,7 @@ def explain_extension(saved: dict | None, cfg: DictConfig, step: int) -> None:
 def train(cfg: DictConfig) -> dict:
     """Fit the configured model; returns the final logged metrics and the checkpoint path."""
     validate_train(cfg)
+    apply_global_batch(cfg)  # paper rows: global_batch -> trainer.accumulate_grad_batches for this world size
     check_output_dirs(cfg)
     L.seed_everything(cfg.seed, workers=True)  # identical initial weights on every rank
     torch.set_float32_matmul_precision("high")
@@ -96,7 +102,8 @@ def train(cfg: DictConfig) -> dict:
     model.elt_config = resolved  # the config of the run that writes each checkpoint (also when resuming)
     check_strategy(cfg, model)
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    ckpt_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or f"{cfg.paths.output_dir}/checkpoints"
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
     if ckpt_path is not None:
         ckpt = check_resumable(ckpt_path, model, resolved)
         explain_extension(ckpt.get("elt_config"), cfg, int(ckpt.get("global_step", 0)))
@@ -109,7 +116,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.trainer.get("fast_dev_run"):  # Lightning's ModelCheckpoint still writes last.ckpt at train end
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
-                          plugins=[AtomicCheckpointIO()])
+                          plugins=trainer_plugins(cfg))
     for lg in loggers:
         lg.log_hyperparams(resolved)
     if cfg.get("compile"):
@@ -117,13 +124,29 @@ def train(cfg: DictConfig) -> dict:
         log.info("torch.compile: looped blocks compiled (first steps are slow while they build)")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s: %s N=%d Lmax=%d, %.2fM parameters", cfg.run_name, type(model).__name__, cfg.N, cfg.Lmax, n_params / 1e6)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning's exit code 0, before any training step: nothing to save
+        print("SIGTERM before the first training step: nothing trained, nothing saved", file=sys.stderr)
+        raise Preempted(128 + signal.SIGTERM) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     final = None if cfg.trainer.get("fast_dev_run") else save_final(trainer)
     return {"metrics": metrics, "ckpt_path": final, "num_params": n_params}
 
 
+def trainer_plugins(cfg: DictConfig) -> list:
+    """The config's plugins plus atomic checkpoint writes; under SLURM Lightning's own auto-requeue is
+    off (its SIGUSR1 handler would write hpc_ckpt files and requeue behind the Preemption callback)."""
+    plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
 def check_strategy(cfg: DictConfig, model) -> None:
+    """FSDP under any spelling (trainer=fsdp, a strategy string or _target_) refuses the EMA."""
     strategy = cfg.trainer.get("strategy")
     name = str(strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else strategy or "").lower()
     if "fsdp" in name and getattr(model, "ema", None) is not None:
