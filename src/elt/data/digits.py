@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from elt.config import ConfigError
-from elt.data.sampler import ResumableSampler
+from elt.data.sampler import ResumablePosition, ResumableSampler
 
 
 class ImageLabelDataset(Dataset):
@@ -40,7 +40,7 @@ def digits_split(val_per_class: int = 30, seed: int = 0):
     return ImageLabelDataset(images[tr], labels[tr]), ImageLabelDataset(images[va], labels[va])
 
 
-class InMemoryDataModule(L.LightningDataModule):
+class InMemoryDataModule(ResumablePosition, L.LightningDataModule):
     """Loaders and the batch-size check shared by the embedded datasets, which build both splits
     in memory at ``setup()``; a subclass supplies ``make_splits()``.
 
@@ -89,18 +89,6 @@ class InMemoryDataModule(L.LightningDataModule):
     def val_dataloader(self):
         return DataLoader(self.val_dataset, batch_size=max(self.batch_size, self.min_val_batch), shuffle=False,
                           num_workers=self.num_workers)
-
-    def state_dict(self) -> dict:
-        """Where training stands in the current epoch: batches already trained on (each rank)."""
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": trainer.current_epoch, "batches": int(done), "seed": self.shuffle_seed}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict:
-            self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
 
 
 class DigitsDataModule(InMemoryDataModule):

@@ -23,3 +23,21 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self):
         order = list(super().__iter__())
         return iter(order[self.start:])
+
+
+class ResumablePosition:
+    """A LightningDataModule mix-in: the training position inside the epoch travels in the
+    checkpoint (Lightning saves a datamodule's ``state_dict``), so a resumed run skips exactly the
+    batches already trained on. The module keeps ``self._resume`` ({"epoch", "batches"}, updated
+    in place: its loaders may hold a reference) and ``self.shuffle_seed``."""
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches": int(done), "seed": self.shuffle_seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._resume.update(epoch=int(state_dict["epoch"]), batches=int(state_dict["batches"]))

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from elt.config import ConfigError
 from elt.files import file_fingerprint, fingerprint, write_text_atomic
+from elt.data.sampler import ResumablePosition
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +427,7 @@ def prepare_hint(name: str, root: Path) -> str:
             f"data.root={root}")
 
 
-class ShardDataModule(L.LightningDataModule):
+class ShardDataModule(ResumablePosition, L.LightningDataModule):
     """Training and validation from the shards prepare.py wrote (module docstring); real images for
     evaluation (``train_dataset`` / ``val_dataset``) from the raw reader of ``raw`` when
     ``raw_root`` is set, decoded only as items are read."""
@@ -548,16 +549,6 @@ class ShardDataModule(L.LightningDataModule):
         if self.skipped:
             log.warning("%s: %d bad sample(s) skipped in total on this rank", self.name, self.skipped)
 
-    def state_dict(self) -> dict:
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": trainer.current_epoch, "batches": int(done), "seed": self.shuffle_seed}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict:
-            self._resume.update(epoch=int(state_dict["epoch"]), batches=int(state_dict["batches"]))
 
     # ---- real images (evaluation) ---------------------------------------------------------------
     def raw_dataset(self, stage: str):
