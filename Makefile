@@ -25,36 +25,36 @@ demo: demo-maskgit
 
 # MaskGIT-ELT with ILSD on the embedded digits, then samples at every loop count.
 demo-maskgit: install
-	$(PY) train.py experiment=digits_maskgit hydra.run.dir=$(DEMO)/maskgit_ilsd
+	$(PY) train.py experiment=digits_maskgit hydra.run.dir=$(DEMO)/maskgit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_ilsd/eval eval.extra_loops=2 $(DEMO_EVAL)
 
 # The same model without ILSD: intermediate loops were never trained to be read out.
 demo-vanilla: install
-	$(PY) train.py experiment=digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/maskgit_vanilla
+	$(PY) train.py experiment=digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/maskgit_vanilla ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_vanilla/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_vanilla/eval eval.extra_loops=2 $(DEMO_EVAL)
 
 # Non-looped baseline at the same effective depth: 8 unique layers run once.
 demo-baseline: install
-	$(PY) train.py experiment=digits_maskgit N=8 Lmax=1 hydra.run.dir=$(DEMO)/maskgit_8Nx1L
+	$(PY) train.py experiment=digits_maskgit N=8 Lmax=1 hydra.run.dir=$(DEMO)/maskgit_8Nx1L ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_8Nx1L/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_8Nx1L/eval eval.extra_loops=2 $(DEMO_EVAL)
 
 # DiT-ELT 2N×4L with ILSD on the digits (1500 steps; ~10 CPU-minutes of training).
 demo-dit: install
-	$(PY) train.py experiment=digits_dit hydra.run.dir=$(DEMO)/dit_ilsd
+	$(PY) train.py experiment=digits_dit hydra.run.dir=$(DEMO)/dit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/dit_ilsd/eval eval.extra_loops=2 $(DEMO_EVAL)
 
 # Video: MaskGIT-ELT 2N×4L on the embedded moving digits (4 frames, 10×10), FVD in a domain 3D-CNN's
 # features at every loop count 1..Lmax, animated GIF grids per loop count.
 demo-video: install
-	$(PY) train.py experiment=moving_digits_maskgit hydra.run.dir=$(DEMO)/video_maskgit_ilsd
+	$(PY) train.py experiment=moving_digits_maskgit hydra.run.dir=$(DEMO)/video_maskgit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_ilsd/eval $(DEMO_EVAL)
 
 demo-video-vanilla: install
-	$(PY) train.py experiment=moving_digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/video_maskgit_vanilla
+	$(PY) train.py experiment=moving_digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/video_maskgit_vanilla ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_vanilla/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_vanilla/eval $(DEMO_EVAL)
 
 demo-video-dit: install
-	$(PY) train.py experiment=moving_digits_dit hydra.run.dir=$(DEMO)/video_dit_ilsd
+	$(PY) train.py experiment=moving_digits_dit hydra.run.dir=$(DEMO)/video_dit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/video_dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_dit_ilsd/eval $(DEMO_EVAL)
 
 test: install

@@ -190,6 +190,16 @@ def test_bad_train_inputs_fail_before_training(train_cfg, tmp_path, capsys, over
     assert not list((tmp_path / "train").rglob("*.ckpt"))
 
 
+def test_a_fresh_run_refuses_a_trained_run_directory_and_an_optimizer_change_on_resume(train_cfg, capsys):
+    out = train(train_cfg("trainer.max_steps=1"))
+    before = Path(out["ckpt_path"]).read_bytes()
+    line = one_line_error(capsys, train_cfg("trainer.max_steps=1"))  # same directory, no ckpt_path
+    assert "holds a trained run" in line and "ckpt_path=last" in line
+    line = one_line_error(capsys, train_cfg("trainer.max_steps=2", "ckpt_path=last", "model.optimizer.lr=0.5"))
+    assert "model.optimizer.lr" in line and "0.5" in line
+    assert Path(out["ckpt_path"]).read_bytes() == before
+
+
 def test_an_unwritable_checkpoint_dir_fails_at_start(train_cfg, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -21,7 +21,7 @@ from elt.models.base import lr_factor
 from elt.paper import apply_global_batch
 from elt.precision import lightning_precision
 from elt.resume import (AtomicCheckpointIO, Preempted, Preemption, RandomState, check_resumable,
-                        last_checkpoint_path,
+                        config_differences, last_checkpoint_path,
                         resolve_ckpt_path)
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,10 @@ def check_output_dirs(cfg: DictConfig) -> None:
         raise ConfigError(f"debug={debug} refused: {out} holds a trained run (checkpoints or csv/metrics.csv); "
                           f"debug runs must not write there: give them their own hydra.run.dir")
     ckpt_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    trained = Path(ckpt_dir or out / "checkpoints") / "last.ckpt"
+    if not debug and cfg.get("ckpt_path") in (None, "") and trained.is_file():
+        raise ConfigError(f"{trained} exists: this directory holds a trained run; resume or extend it with "
+                          f"ckpt_path=last, or give the new run another hydra.run.dir")
     for d in [out] + ([Path(ckpt_dir)] if ckpt_dir and not cfg.trainer.get("fast_dev_run") else []):
         probe = Path(d) / f".write_test_{uuid.uuid4().hex[:8]}"
         try:
@@ -104,8 +108,16 @@ def train(cfg: DictConfig) -> dict:
 
     ckpt_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or f"{cfg.paths.output_dir}/checkpoints"
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+    if hasattr(datamodule, "check_batch_size"):  # before any logger writes or validation runs
+        devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1)
+        datamodule.check_batch_size(devices * nodes if isinstance(devices, int) and isinstance(nodes, int) else None)
     if ckpt_path is not None:
         ckpt = check_resumable(ckpt_path, model, resolved)
+        changed = config_differences(ckpt.get("elt_config"), resolved, keys=("model",))
+        changed = [d for d in changed if d.startswith("model.optimizer")]
+        if changed:  # Lightning restores the optimizer's own hyper-parameters: a new value would be ignored
+            raise ConfigError(f"resuming {ckpt_path} with another optimizer setting ({', '.join(changed[:3])}): the "
+                              f"checkpoint's optimizer state would override it; keep the old value or start a new run")
         explain_extension(ckpt.get("elt_config"), cfg, int(ckpt.get("global_step", 0)))
         del ckpt
 

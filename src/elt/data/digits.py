@@ -69,9 +69,10 @@ class InMemoryDataModule(ResumablePosition, L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def check_batch_size(self) -> None:
+    def check_batch_size(self, world: int | None = None) -> None:
         """drop_last with fewer items per rank than one batch trains on nothing: refuse up front."""
-        world, _ = self.ranks()
+        self.setup()
+        world = world or self.ranks()[0]
         per_rank = len(self.train_dataset) // world
         if per_rank < self.batch_size:
             raise ConfigError(f"data.batch_size ({self.batch_size}) is larger than the training split "
