@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
@@ -44,7 +45,13 @@ def resolved_config(cfg: DictConfig) -> dict:
 
 
 def debug_choice() -> str | None:
+    """The chosen ``debug=`` option (fdr, limit, overfit), or None for a real run."""
     return HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where ModelCheckpoint writes (and so where ``ckpt_path=last`` looks)."""
+    return Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or Path(cfg.paths.output_dir) / "checkpoints")
 
 
 def check_output_dirs(cfg: DictConfig) -> None:
@@ -56,7 +63,7 @@ def check_output_dirs(cfg: DictConfig) -> None:
         raise ConfigError(f"debug={debug} refused: {out} holds a trained run (checkpoints or csv/metrics.csv); "
                           f"debug runs must not write there: give them their own hydra.run.dir")
     ckpt_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
-    trained = Path(ckpt_dir or out / "checkpoints") / "last.ckpt"
+    trained = checkpoint_dir(cfg) / "last.ckpt"
     if not debug and cfg.get("ckpt_path") in (None, "") and trained.is_file():
         raise ConfigError(f"{trained} exists: this directory holds a trained run; resume or extend it with "
                           f"ckpt_path=last, or give the new run another hydra.run.dir")
@@ -69,6 +76,14 @@ def check_output_dirs(cfg: DictConfig) -> None:
         except OSError as e:
             raise ConfigError(f"cannot write to {d} ({e.strerror or e}): checkpoints and logs go there "
                               f"(set hydra.run.dir or callbacks.model_checkpoint.dirpath)") from None
+
+
+def refuse_optimizer_change(saved: dict | None, resolved: dict, path: str) -> None:
+    """Lightning restores the optimizer's own hyper-parameters on resume: a new value would be ignored."""
+    changed = [d for d in config_differences(saved, resolved, keys=("model",)) if d.startswith("model.optimizer")]
+    if changed:
+        raise ConfigError(f"resuming {path} with another optimizer setting ({', '.join(changed[:3])}): the "
+                          f"checkpoint's optimizer state would override it; keep the old value or start a new run")
 
 
 def explain_extension(saved: dict | None, cfg: DictConfig, step: int) -> None:
@@ -106,18 +121,13 @@ def train(cfg: DictConfig) -> dict:
     model.elt_config = resolved  # the config of the run that writes each checkpoint (also when resuming)
     check_strategy(cfg, model)
 
-    ckpt_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or f"{cfg.paths.output_dir}/checkpoints"
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))
     if hasattr(datamodule, "check_batch_size"):  # before any logger writes or validation runs
         devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1)
         datamodule.check_batch_size(devices * nodes if isinstance(devices, int) and isinstance(nodes, int) else None)
     if ckpt_path is not None:
         ckpt = check_resumable(ckpt_path, model, resolved)
-        changed = config_differences(ckpt.get("elt_config"), resolved, keys=("model",))
-        changed = [d for d in changed if d.startswith("model.optimizer")]
-        if changed:  # Lightning restores the optimizer's own hyper-parameters: a new value would be ignored
-            raise ConfigError(f"resuming {ckpt_path} with another optimizer setting ({', '.join(changed[:3])}): the "
-                              f"checkpoint's optimizer state would override it; keep the old value or start a new run")
+        refuse_optimizer_change(ckpt.get("elt_config"), resolved, ckpt_path)
         explain_extension(ckpt.get("elt_config"), cfg, int(ckpt.get("global_step", 0)))
         del ckpt
 
@@ -150,8 +160,6 @@ def trainer_plugins(cfg: DictConfig) -> list:
     """The config's plugins plus atomic checkpoint writes; under SLURM Lightning's own auto-requeue is
     off (its SIGUSR1 handler would write hpc_ckpt files and requeue behind the Preemption callback)."""
     plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins

@@ -51,7 +51,6 @@ class LoopedGenerativeModule(L.LightningModule):
         self.ilsd_lambda = 1.0  # set every step by ILSDCallback
         self.last_lint: int | None = None
         self.elt_config: dict | None = None  # resolved config of the run that writes the checkpoint
-        self.resumed_config: dict | None = None  # the config stored in the checkpoint resumed from
         self.noise_seed = 0  # train.py sets the run's seed
 
     # ---- what a family supplies -------------------------------------------------------------
@@ -159,10 +158,6 @@ class LoopedGenerativeModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         if self.elt_config is not None:
             checkpoint["elt_config"] = self.elt_config
-
-    def on_load_checkpoint(self, checkpoint):
-        # keep this run's config (it is what the next checkpoint must describe); remember the old one
-        self.resumed_config = checkpoint.get("elt_config")
 
     # ---- class conditioning shared by families -----------------------------------------------
     def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
