@@ -1,6 +1,13 @@
 """Tiny models for unit tests: real classes, shrunk."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
 import torch
 from torch import nn
 
@@ -94,96 +101,72 @@ def save_video_vae_stand_in(path):
     return path
 
 
-class KillAt:
+class KillAt(L.Callback):
     """A callback (built from config: +callbacks.kill._target_=helpers.KillAt) that sends this
-    process a signal at the end of training step ``step``, as a scheduler would."""
+    process a signal at the end of training step ``step`` (step 0: at the sanity check, before
+    training), as a scheduler would."""
 
-    def __new__(cls, *args, **kwargs):
-        import lightning as L
+    def __init__(self, step: int, sig: str = "SIGTERM"):
+        self.step, self.sig = int(step), sig
 
-        class _KillAt(L.Callback):
-            def __init__(self, step: int, sig: str = "SIGTERM"):
-                self.step, self.sig = int(step), sig
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            self.kill()
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step == self.step:
-                    self.kill()
+    def on_sanity_check_start(self, trainer, pl_module):
+        if self.step == 0:  # before training: Lightning's own handler is the one in place
+            self.kill()
 
-            def on_sanity_check_start(self, trainer, pl_module):
-                if self.step == 0:  # before training: Lightning's own handler is the one in place
-                    self.kill()
-
-            def kill(self):
-                import os
-                import signal
-
-                os.kill(os.getpid(), getattr(signal, self.sig))
-
-        return _KillAt(*args, **kwargs)
+    def kill(self):
+        os.kill(os.getpid(), getattr(signal, self.sig))
 
 
-class NoiseProbe:
-    """A callback recording, per rank and step, what the step drew: a hash of the corrupted inputs,
-    the student exit and the labels of the batch; written to <output_dir>/probe_rank<r>.json."""
-
-    def __new__(cls, *args, **kwargs):
-        import hashlib
-        import json
-        from pathlib import Path
-
-        import lightning as L
-        import torch
-
-        def digest(obj) -> str:
-            if isinstance(obj, dict):
-                return hashlib.sha1("".join(digest(obj[k]) for k in sorted(obj)).encode()).hexdigest()[:12]
-            return hashlib.sha1(obj.detach().cpu().numpy().tobytes()).hexdigest()[:12]
-
-        class _NoiseProbe(L.Callback):
-            def __init__(self, output_dir: str):
-                self.output_dir, self.steps = Path(output_dir), []
-
-            def on_fit_start(self, trainer, pl_module):
-                original = pl_module.training_inputs
-
-                def recording(batch, generator=None):
-                    if pl_module.training:  # a draw from a copy of the step's own noise stream, not of the data
-                        probe = torch.Generator(device=generator.device)
-                        probe.set_state(generator.get_state())
-                        self.current = {"noise": digest(torch.rand(8, generator=probe, device=generator.device)),
-                                        "items": sorted(digest(x) for x in batch["image"])}
-                    return original(batch, generator=generator)
-
-                pl_module.training_inputs = recording
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                self.steps.append({**self.current, "step": trainer.global_step, "lint": pl_module.last_lint})
-
-            def on_train_end(self, trainer, pl_module):
-                path = self.output_dir / f"probe_rank{trainer.global_rank}.json"
-                path.write_text(json.dumps(self.steps))
-
-        return _NoiseProbe(*args, **kwargs)
+def digest(obj) -> str:
+    if isinstance(obj, dict):
+        return hashlib.sha1("".join(digest(obj[k]) for k in sorted(obj)).encode()).hexdigest()[:12]
+    return hashlib.sha1(obj.detach().cpu().numpy().tobytes()).hexdigest()[:12]
 
 
-class KeyProbe:
-    """A callback recording, per rank, the sample keys of every training batch (shards carry
-    ``batch["key"]``); written to <output_dir>/keys_rank<r>.json at the end of training."""
+class RankRecorder(L.Callback):
+    """Collects one record per training step; each rank writes its list to
+    ``<output_dir>/<stem>_rank<r>.json`` when training ends."""
 
-    def __new__(cls, *args, **kwargs):
-        import json
-        from pathlib import Path
+    stem = "records"
 
-        import lightning as L
+    def __init__(self, output_dir: str):
+        self.output_dir, self.steps = Path(output_dir), []
 
-        class _KeyProbe(L.Callback):
-            def __init__(self, output_dir: str):
-                self.output_dir, self.steps = Path(output_dir), []
+    def on_train_end(self, trainer, pl_module):
+        (self.output_dir / f"{self.stem}_rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                self.steps.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "keys": list(batch["key"])})
 
-            def on_train_end(self, trainer, pl_module):
-                (self.output_dir / f"keys_rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+class NoiseProbe(RankRecorder):
+    """Per rank and step: a draw from a copy of the step's noise stream, the student exit and the
+    items of the batch (probe_rank<r>.json)."""
 
-        return _KeyProbe(*args, **kwargs)
+    stem = "probe"
+
+    def on_fit_start(self, trainer, pl_module):
+        original = pl_module.training_inputs
+
+        def recording(batch, generator=None):
+            if pl_module.training:  # a draw from a copy of the step's own noise stream, not of the data
+                probe = torch.Generator(device=generator.device)
+                probe.set_state(generator.get_state())
+                self.current = {"noise": digest(torch.rand(8, generator=probe, device=generator.device)),
+                                "items": sorted(digest(x) for x in batch["image"])}
+            return original(batch, generator=generator)
+
+        pl_module.training_inputs = recording
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append({**self.current, "step": trainer.global_step, "lint": pl_module.last_lint})
+
+
+class KeyProbe(RankRecorder):
+    """Per rank, the sample keys of every training batch (shards carry ``batch["key"]``): keys_rank<r>.json."""
+
+    stem = "keys"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "keys": list(batch["key"])})
