@@ -22,7 +22,7 @@ from elt.evaluation.evaluate import STANDARD_EXTRACTORS, evaluate
 from elt.prepare import prepare
 from elt.train import train
 from helpers import TinyI3D
-from miniature import make_imagenet, make_ucf101
+from miniature import make_image_folder, make_imagenet, make_ucf101
 from test_eval_entry import eval_cfg
 from test_eval_reference import StandInInception
 from test_pretrained import save_tiny_kl, save_tiny_vq
@@ -127,6 +127,95 @@ def test_videos_to_kl_latents_to_dit_to_eval(tmp_path, train_cfg, monkeypatch):
                              f"eval.weights.i3d={weights}", "eval.loops=[1]", "eval.samples_per_class=1",
                              "eval.is_splits=1", "eval.sampler={steps:2,kind:ddim}"))["rows"]
     assert [r["row"] for r in rows] == ["real", "trivial", "model"] and all(r["fvd"] >= 0 for r in rows)
+
+
+def test_images_to_kl_latents_to_dit_to_eval_with_the_raw_data_moved(imagenet, tmp_path, train_cfg, monkeypatch):
+    """DiT-ELT on ImageNet's layout with a diffusers AutoencoderKL: float16 latents in the shards, a
+    latent DiT trained on them without data.raw_root; eval finds the real images through its own
+    data.raw_root, and needs no VQ tokenizer (the trivial row is the token models')."""
+    kl = save_tiny_kl(tmp_path / "kl")  # 16x16 images -> 4x8x8 latents
+    data = image_data(imagenet, tmp_path / "shards", "model=dit_elt", "data.resolution=16",
+                      "data.autoencoder._target_=elt.pretrained.DiffusersAutoencoderKL", f"data.autoencoder.path={kl}",
+                      "data.autoencoder.latent_shape=[4,8,8]")
+    result = prepare(prepare_cfg(tmp_path, data))
+    s = result["train"]["settings"]
+    assert (s["kind"], s["dtype"], s["shape"], s["encoder"]) == ("latent", "float16", [4, 8, 8], "DiffusersAutoencoderKL")
+    assert s["preprocessing"]["crop"] == "adm_center_crop" and result["train"]["num_samples"] == 12
+    ae = instantiate(compose_cfg("prepare", data).data.autoencoder)
+    raw, stored = ImageNetRaw(imagenet, "train", resolution=16), samples_of(tmp_path / "shards" / "train")
+    latent, label = stored[raw.keys[3]]
+    assert label == raw.labels[3]
+    ae.net.net.eval()
+    with torch.no_grad():  # the stored latent is a posterior sample: within a few posterior std of the mean
+        posterior = ae.net.net.encode(raw[3]["image"][None] * 2 - 1).latent_dist
+    mean, std = (posterior.mean[0] * ae.scale).numpy(), (posterior.std[0] * ae.scale).numpy()
+    assert latent.shape == mean.shape and np.all(np.abs(latent - mean) <= 6 * std + 1e-2)
+    assert not np.allclose(latent, stored[raw.keys[0]][0])  # another image, another latent
+    moved = [a for a in data if not a.startswith("data.raw_root=")]  # train from shards alone
+    out = train(train_cfg(*moved, "data.batch_size=4", "N=1", "Lmax=2", "model.patch_size=2", "model.ema_decay=null"))
+    assert out["ckpt_path"] and np.isfinite(out["metrics"]["train/loss"])
+    monkeypatch.setitem(STANDARD_EXTRACTORS, "inception", lambda w: StandInInception(w, pixels=3 * 16 * 16))
+    args = ["eval.extractors=[inception]", "eval.loops=[2]", "eval.samples_per_class=2", "eval.is_splits=1",
+            "eval.sampler={steps:2,kind:ddim}"]
+    with pytest.raises(ConfigError, match="pass data.raw_root=<raw data> to eval.py"):
+        evaluate(eval_cfg(out["ckpt_path"], tmp_path / "eval0", tmp_path / "cache", *args))
+    rows = evaluate(eval_cfg(out["ckpt_path"], tmp_path / "eval", tmp_path / "cache", *args,
+                             f"data.raw_root={imagenet}"))["rows"]
+    assert [r["row"] for r in rows] == ["real", "model"] and all(r["fid"] >= 0 for r in rows)
+    assert rows[1]["loops"] == 2 and rows[1]["gflops_per_sample"] > 0
+
+
+def test_videos_to_vq_tokens_frame_by_frame_to_maskgit_to_eval(tmp_path, train_cfg, monkeypatch):
+    """MaskGIT-ELT on UCF-101's layout with a diffusers VQModel applied frame by frame: int16 tokens
+    over a (T, h, w) grid in the shards, a video MaskGIT trained on them, FVD against the videos and
+    the trivial row fitted from the shard tokens."""
+    raw = make_ucf101(tmp_path / "ucf", classes=2, groups=2, frames=6)
+    vq = save_tiny_vq(tmp_path / "vq")  # stride 2: 8x8 frames -> 4x4 tokens from 32 codes
+    data = ["data=ucf101", "model=maskgit_elt", f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}",
+            "data.frames=3", "data.resolution=8", "data.num_classes=2", "data.num_workers=0",
+            "data.tokenizer._target_=elt.pretrained.DiffusersVQTokenizer", f"data.tokenizer.path={vq}",
+            "data.tokenizer.vocab_size=32", "data.tokenizer.grid_shape=[3,4,4]"]
+    result = prepare(prepare_cfg(tmp_path, data, "prepare.shard_size=2"))
+    s = result["train"]["settings"]
+    assert (s["kind"], s["dtype"], s["shape"], s["encoder"]) == ("tokens", "int16", [48], "DiffusersVQTokenizer")
+    assert s["preprocessing"]["frames"] == 3 and result["train"]["num_samples"] == 4
+    tok = instantiate(compose_cfg("prepare", data).data.tokenizer)
+    clips, stored = instantiate(compose_cfg("prepare", data).data.raw.train), samples_of(tmp_path / "shards" / "train")
+    tokens, label = stored[clips.keys[1]]
+    video = clips[1]["image"]
+    assert label == clips.labels[1] and video.shape == (3, 3, 8, 8)
+    assert np.array_equal(tokens, tok.encode(video[None])[0].numpy())
+    first_frame = tok.encode(video[:, :1].repeat(1, 3, 1, 1)[None])[0].numpy()[:16]
+    assert np.array_equal(tokens[:16], first_frame)  # frame 0's tokens depend on frame 0 alone
+    out = train(train_cfg(*data, "data.batch_size=2", "N=1", "Lmax=2"))
+    assert out["ckpt_path"] and np.isfinite(out["metrics"]["train/loss"])
+    weights = tmp_path / "i3d.pt"
+    torch.jit.script(TinyI3D()).save(str(weights))
+    rows = evaluate(eval_cfg(out["ckpt_path"], tmp_path / "eval", tmp_path / "cache", "eval.extractors=[i3d]",
+                             f"eval.weights.i3d={weights}", "eval.loops=[1]", "eval.samples_per_class=1",
+                             "eval.is_splits=1", "eval.sampler={steps:2}"))["rows"]
+    assert [r["row"] for r in rows] == ["real", "trivial", "model"] and all(r["fvd"] >= 0 for r in rows)
+    (ref,) = (tmp_path / "cache" / "reference").glob("ucf101_train_i3d_*.npz")  # the real clips' I3D statistics, cached
+    with np.load(ref) as z:
+        assert int(z["n"]) == 4 and z["mu"].shape == (36,)  # every video (MAGVIT protocol); TinyI3D: 36 features
+
+
+def test_image_folder_to_vq_tokens_with_held_out_val(tmp_path, train_cfg):
+    """A user's own class folders (no split folders): prepare holds out val per class and the
+    shards train a MaskGIT-ELT exactly like ImageNet's."""
+    folder = make_image_folder(tmp_path / "mine", classes=2, per_class=4)
+    vq = save_tiny_vq(tmp_path / "vq")
+    data = ["data=image_folder", f"data.raw_root={folder}", f"data.root={tmp_path / 'shards'}", "data.num_classes=2",
+            "data.val_per_class=1", "data.resolution=16", "data.num_workers=0", f"data.tokenizer.path={vq}",
+            "data.tokenizer.vocab_size=32", "data.tokenizer.grid_shape=[8,8]"]
+    result = prepare(prepare_cfg(tmp_path, data))
+    assert result["train"]["num_samples"] == 6 and result["val"]["num_samples"] == 2
+    assert result["train"]["settings"]["preprocessing"]["reader"] == "ImageFolderRaw"
+    train_keys, val_keys = set(samples_of(tmp_path / "shards" / "train")), set(samples_of(tmp_path / "shards" / "val"))
+    assert len(train_keys) == 6 and len(val_keys) == 2 and not train_keys & val_keys
+    assert sorted(label for _, label in samples_of(tmp_path / "shards" / "val").values()) == [0, 1]
+    out = train(train_cfg(*data, "data.batch_size=3", "N=1", "Lmax=2"))
+    assert out["ckpt_path"] and "val/loss_L2" in out["metrics"]
 
 
 def test_prepare_resumes_keeping_finished_shards_and_redoing_the_partial_one(imagenet, tmp_path, monkeypatch):
@@ -292,3 +381,42 @@ def test_training_refuses_shards_of_another_family_or_encoder(imagenet, tmp_path
             run_cli(train, train_cfg(*data, "data.batch_size=2", *more))
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+def test_world_size_refusals_name_the_setting_to_change(tmp_path):
+    """Ranks x workers that the shards cannot feed disjointly stop in one line naming the knob;
+    an unfinished split resumed with another number of ranks is refused, a finished one is not."""
+    from elt.data.shards import ShardDataModule, check_compatible
+
+    dm = ShardDataModule(str(tmp_path), batch_size=2, name="imagenet", num_classes=3, image_shape=[3, 8, 8], num_workers=2)
+    index = {"num_samples": 24, "shards": [{"samples": 6}] * 4}
+    assert dm.batches_per_epoch(index, world=2) == 6  # 24 / 2 ranks / batch 2, in whole rounds of the 2 workers
+    with pytest.raises(ConfigError, match=r"has 4 shards, fewer than 4 rank\(s\) x 2 worker\(s\) \(data.num_workers\)"):
+        dm.batches_per_epoch(index, world=4)
+    with pytest.raises(ConfigError, match=r"data.batch_size \(2\) x 8 rank\(s\) x 2 worker\(s\) is more than the 24"):
+        dm.batches_per_epoch(index, world=8)
+    settings = {"fingerprint": "f", "encoder": "E", "preprocessing": {"crop": "adm"}, "format": 1, "num_items": 24,
+                "world_size": 2, "shard_size": 6}
+    unfinished = {"settings": settings, "complete": False}
+    with pytest.raises(ConfigError, match=r"number of ranks \(trainer.devices x trainer.num_nodes\) was 2, this run's is 4"):
+        check_compatible(tmp_path, unfinished, {**settings, "world_size": 4})
+    check_compatible(tmp_path, {**unfinished, "complete": True}, {**settings, "world_size": 4})  # finished: any ranks read it
+
+
+def test_training_from_shards_resumes_mid_epoch_bit_exactly(imagenet, tmp_path, train_cfg):
+    """The shard stream's position is in the checkpoint: resuming at step 3 of a 6-batch epoch ends
+    where the uninterrupted run ends (and another shuffle seed does not)."""
+    from test_resume import assert_same_weights, in_dir, weights
+
+    data = image_data(imagenet, tmp_path / "shards", *PIXEL_TOKENS)
+    prepare(prepare_cfg(tmp_path, data))
+    common = [*data, "data.batch_size=2", "N=1", "Lmax=2", "trainer.max_steps=5", "logger=csv",
+              "callbacks.model_checkpoint.every_n_train_steps=3"]
+    reference = train(in_dir(train_cfg(*common), tmp_path / "a"))
+    step3 = tmp_path / "a" / "checkpoints" / "step000003.ckpt"
+    assert torch.load(step3, weights_only=False)["global_step"] == 3
+    resumed = train(in_dir(train_cfg(*common, f"ckpt_path={step3}"), tmp_path / "b"))
+    assert_same_weights(weights(reference["ckpt_path"]), weights(resumed["ckpt_path"]))
+    other = train(in_dir(train_cfg(*common, "seed=1"), tmp_path / "c"))
+    with pytest.raises(AssertionError):
+        assert_same_weights(weights(reference["ckpt_path"]), weights(other["ckpt_path"]))

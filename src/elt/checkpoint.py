@@ -45,3 +45,21 @@ def load_run(ckpt_path, map_location: str = "cpu") -> tuple[torch.nn.Module, Dic
         raise ValueError(f"checkpoint {path}: its weights do not fit its stored model config ({_first_line(e)})") from None
     model.elt_config = ckpt["elt_config"]
     return model.eval(), cfg
+
+
+def relocate_data(cfg: DictConfig, raw_root=None, root=None) -> DictConfig:
+    """The run's data config with its raw data and shard directories moved, for evaluating on
+    another machine than the one that trained: the stored config is resolved, so every copy of a
+    path (``data.raw_root``, ``data.module.raw_root``, each reader's ``raw_root``) changes together."""
+    for key, value in (("raw_root", raw_root), ("root", root)):
+        if value in (None, ""):
+            continue
+        for node in (cfg.data, cfg.data.get("module")):
+            if node is not None and key in node:
+                node[key] = str(value)
+        if key == "raw_root":
+            for readers in (cfg.data.get("raw"), OmegaConf.select(cfg, "data.module.raw", default=None)):
+                for reader in (readers or {}).values():
+                    if "raw_root" in reader:
+                        reader["raw_root"] = str(value)
+    return cfg

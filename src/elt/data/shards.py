@@ -584,8 +584,8 @@ class RawUnavailable(torch.utils.data.Dataset):
 
     def fail(self):
         raise ConfigError(f"{self.dm.name}: evaluation reads real {self.dm.splits[self.stage]} images from data.raw_root, "
-                          f"which this run's config leaves unset: train with data.raw_root=<raw data> (the checkpoint "
-                          f"stores it), or give eval.reference_stats and eval.reference_rows=false")
+                          f"which this run's config leaves unset: pass data.raw_root=<raw data> to eval.py, "
+                          f"or give eval.reference_stats and eval.reference_rows=false")
 
     def __len__(self) -> int:
         index = self.dm.index.get(self.stage) or read_index(self.dm.split_dir(self.stage))

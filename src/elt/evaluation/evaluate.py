@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from elt import precision
-from elt.checkpoint import load_run
+from elt.checkpoint import load_run, relocate_data
 from elt.config import ConfigError
 from elt.config import require_int
 from elt.evaluation import judges
@@ -296,10 +296,11 @@ class LoopSweep:
         rows, ranks = [], self.ranks
         if self.s.reference_rows:
             rows.append(self.ref_rows.get_or_compute("ref_real", self.real_row, ranks))
-            if "tokenizer" in self.train_cfg.data:
+            if self.trivial_tokenizer() is not None:
                 rows.append(self.ref_rows.get_or_compute("ref_trivial", self.trivial_row, ranks))
             elif ranks.main:
-                log.warning("data config has no tokenizer: no trivial independent-token row")
+                log.warning("no trivial independent-token row: the data config has no tokenizer, or its file "
+                            "(data.tokenizer.path) is not on this machine")
         for L in tqdm(self.s.loops, desc="loop counts", unit="L", disable=not (self.s.progress and ranks.main)):
             rows.append(self.model_rows.get_or_compute(f"L{L}", lambda L=L: self.model_row(L), ranks))
         return rows
@@ -335,12 +336,27 @@ class LoopSweep:
                             f"score real {self.s.floor_split}")
         return scored and make_row(f"real ({self.s.floor_split} split)", "real", len(floor), scored[0])
 
+    def trivial_tokenizer(self):
+        """The tokens of the trivial row: the model's own tokenizer, or for a latent/pixel model the
+        data config's, unless that one is a pretrained file this machine lacks (a DiT-ELT run on
+        ImageNet needs no VQ tokenizer, and its evaluation should not demand one)."""
+        if getattr(self.model, "tokenizer", None) is not None:
+            return self.model.tokenizer
+        if not hasattr(self, "_trivial_tokenizer"):
+            node = self.train_cfg.data.get("tokenizer")
+            path = node.get("path") if node is not None else None
+            if node is None or (path is not None and not Path(str(path)).exists()):
+                self._trivial_tokenizer = None
+            else:
+                self._trivial_tokenizer = instantiate(node)
+        return self._trivial_tokenizer
+
     def trivial_row(self) -> dict | None:
         """Tokens drawn on the CPU whatever the eval device, so its samples are the same everywhere;
         fitted from at most ``eval.trivial_fit_items`` training items (class-balanced), encoded and
         decoded on the eval device."""
         s, k = self.s, self.model.num_classes
-        tokenizer = getattr(self.model, "tokenizer", None) or instantiate(self.train_cfg.data.tokenizer)
+        tokenizer = self.trivial_tokenizer()
         train = self.splits["train"]
         if self.trivial_per_class:  # ImageNet: 50 per class, not all 1.28M images through the VQ encoder
             train = balanced_subset(train, self.trivial_per_class, k)
@@ -408,6 +424,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = pick_device(cfg.eval.get("device", "auto"), ranks)
     sample_precision = precision.resolve(cfg.eval.get("precision", "auto"), device.type, "eval.precision")
     model, train_cfg = load_run(cfg.ckpt_path)
+    train_cfg = relocate_data(train_cfg, **{k: OmegaConf.select(cfg, f"data.{k}") for k in ("raw_root", "root")})
     model.to(device)
     s = read_settings(cfg, model.Lmax, model.num_classes)
     if cfg.eval.sampler is not None and not OmegaConf.is_dict(cfg.eval.sampler):
