@@ -420,3 +420,36 @@ def test_training_from_shards_resumes_mid_epoch_bit_exactly(imagenet, tmp_path, 
     other = train(in_dir(train_cfg(*common, "seed=1"), tmp_path / "c"))
     with pytest.raises(AssertionError):
         assert_same_weights(weights(reference["ckpt_path"]), weights(other["ckpt_path"]))
+
+
+def test_the_three_entry_points_from_the_command_line(tmp_path):
+    """What the README tells a UCF-101 user to type: prepare.py, train.py, eval.py as processes."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def cli(script: str, *args: str) -> str:
+        env = {**os.environ, "ELT_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"}
+        p = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout
+
+    raw = make_ucf101(tmp_path / "ucf", classes=2, groups=2, frames=6)
+    vq = save_tiny_vq(tmp_path / "vq")
+    weights = tmp_path / "i3d.pt"
+    torch.jit.script(TinyI3D()).save(str(weights))
+    data = ["data=ucf101", "model=maskgit_elt", f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}",
+            "data.frames=2", "data.resolution=8", "data.num_classes=2", "data.num_workers=0",
+            "data.tokenizer._target_=elt.pretrained.DiffusersVQTokenizer", f"data.tokenizer.path={vq}",
+            "data.tokenizer.vocab_size=32", "data.tokenizer.grid_shape=[2,4,4]", f"paths.cache_dir={tmp_path / 'cache'}"]
+    cli("prepare.py", *data, "prepare.shard_size=2", "prepare.num_workers=0", f"hydra.run.dir={tmp_path / 'prep'}")
+    assert read_index(tmp_path / "shards" / "train")["complete"]
+    run = tmp_path / "run"
+    cli("train.py", *data, "scale=tiny", "N=1", "Lmax=2", "data.batch_size=2", "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false", "logger=none", f"hydra.run.dir={run}")
+    out = cli("eval.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={run / 'eval'}",
+              "eval.extractors=[i3d]", f"eval.weights.i3d={weights}", "eval.loops=[2]", "eval.samples_per_class=1",
+              "eval.is_splits=1", "eval.sampler={steps:2}", "eval.progress=false", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert "fvd" in out.lower() and (run / "eval" / "loops" / "L2.json").is_file()
