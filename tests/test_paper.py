@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from conftest import CONFIGS, ROOT, compose_cfg
 from elt import paper, report
 from elt.config import ConfigError
-from elt.train import instantiate_group, resolved_config
+from elt.train import instantiate_group, resolved_config, train
 
 PAPER_DIR = Path(CONFIGS) / "experiment" / "paper"
 
@@ -199,3 +199,32 @@ def test_throughput_benchmark_writes_ratios(tmp_path):
                     "--out", str(out)], check=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     (row,) = json.loads(out.read_text())["results"]
     assert row["scale"] == "B" and row["speedup_median"] > 0 and row["memory_ratio"] < 1  # 6 layers' state vs 12
+
+
+@pytest.mark.parametrize("row,model", [("imagenet_elt_L_8Nx3L", "maskgit"), ("imagenet_elt_dit_8Nx4L", "dit")])
+def test_a_paper_row_trains_on_miniature_imagenet_shards(row, model, train_cfg, tmp_path):
+    """A row's own config (data=imagenet, its optimiser, global batch, ILSD) on shards that prepare.py
+    wrote from an ILSVRC-layout miniature with a diffusers VQModel / AutoencoderKL, shrunk only in
+    width, resolution and steps: the table targets at paper scale read the data this way."""
+    from elt.prepare import prepare
+    from miniature import make_imagenet
+    from test_pretrained import save_tiny_kl, save_tiny_vq
+
+    raw = make_imagenet(tmp_path / "ilsvrc", wnids=2, per_class=4, val_per_class=1)
+    encoder = ([f"data.tokenizer.path={save_tiny_vq(tmp_path / 'vq')}", "data.tokenizer.vocab_size=32",
+                "data.tokenizer.grid_shape=[8,8]"] if model == "maskgit" else
+               [f"data.autoencoder.path={save_tiny_kl(tmp_path / 'kl')}", "data.autoencoder.latent_shape=[4,8,8]",
+                "model.patch_size=2"])
+    data = [f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}", "data.resolution=16", "data.num_classes=2",
+            "data.num_workers=0", *encoder]
+    prepare(compose_cfg("prepare", [f"experiment=paper/{row}", *[d for d in data if not d.startswith("model.")],
+                                    "prepare.shard_size=4", "prepare.batch_size=4", "prepare.num_workers=0",
+                                    "trainer=cpu", "trainer.enable_progress_bar=false"], tmp_path / "prep"))
+    cfg = train_cfg(f"experiment=paper/{row}", "trainer=cpu", *data, "data.batch_size=2", "global_batch=4")
+    assert cfg.data.name == "imagenet" and "paper" in cfg.tags and cfg.ilsd.enabled and cfg.global_batch == 4
+    out = train(cfg)
+    ckpt = torch.load(out["ckpt_path"], weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 2 and ckpt["elt_config"]["trainer"]["accumulate_grad_batches"] == 2
+    stored = ckpt["elt_config"]
+    assert stored["data"]["root"] == str(tmp_path / "shards")
+    assert (stored["N"], stored["Lmax"]) == ((8, 3) if model == "maskgit" else (8, 4))
