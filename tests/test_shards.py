@@ -58,6 +58,15 @@ def samples_of(split_dir: Path) -> dict[str, tuple[np.ndarray, int]]:
     return out
 
 
+def video_rows(ckpt_path, tmp_path: Path, *more: str) -> list[dict]:
+    """eval.py's rows of a video checkpoint at L=1, FVD in a tiny I3D's features."""
+    weights = tmp_path / "i3d.pt"
+    torch.jit.script(TinyI3D()).save(str(weights))
+    return evaluate(eval_cfg(ckpt_path, tmp_path / "eval", tmp_path / "cache", "eval.extractors=[i3d]",
+                             f"eval.weights.i3d={weights}", "eval.loops=[1]", "eval.samples_per_class=1",
+                             "eval.is_splits=1", *more))["rows"]
+
+
 def test_images_to_vq_tokens_to_maskgit_to_eval(imagenet, tmp_path, train_cfg, monkeypatch):
     """MaskGIT-ELT with a diffusers VQModel: the shards hold its tokens of the ADM-cropped images,
     training reads them (never the JPEGs), evaluation reads the real images through the raw reader."""
@@ -121,11 +130,7 @@ def test_videos_to_kl_latents_to_dit_to_eval(tmp_path, train_cfg, monkeypatch):
     cfg = train_cfg(*data, "data.batch_size=2", "N=1", "Lmax=2", "model.patch_size=2", "model.ema_decay=null")
     out = train(cfg)
     assert out["ckpt_path"]
-    weights = tmp_path / "i3d.pt"
-    torch.jit.script(TinyI3D()).save(str(weights))
-    rows = evaluate(eval_cfg(out["ckpt_path"], tmp_path / "eval", tmp_path / "cache", "eval.extractors=[i3d]",
-                             f"eval.weights.i3d={weights}", "eval.loops=[1]", "eval.samples_per_class=1",
-                             "eval.is_splits=1", "eval.sampler={steps:2,kind:ddim}"))["rows"]
+    rows = video_rows(out["ckpt_path"], tmp_path, "eval.sampler={steps:2,kind:ddim}")
     assert [r["row"] for r in rows] == ["real", "trivial", "model"] and all(r["fvd"] >= 0 for r in rows)
 
 
@@ -189,11 +194,7 @@ def test_videos_to_vq_tokens_frame_by_frame_to_maskgit_to_eval(tmp_path, train_c
     assert np.array_equal(tokens[:16], first_frame)  # frame 0's tokens depend on frame 0 alone
     out = train(train_cfg(*data, "data.batch_size=2", "N=1", "Lmax=2"))
     assert out["ckpt_path"] and np.isfinite(out["metrics"]["train/loss"])
-    weights = tmp_path / "i3d.pt"
-    torch.jit.script(TinyI3D()).save(str(weights))
-    rows = evaluate(eval_cfg(out["ckpt_path"], tmp_path / "eval", tmp_path / "cache", "eval.extractors=[i3d]",
-                             f"eval.weights.i3d={weights}", "eval.loops=[1]", "eval.samples_per_class=1",
-                             "eval.is_splits=1", "eval.sampler={steps:2}"))["rows"]
+    rows = video_rows(out["ckpt_path"], tmp_path, "eval.sampler={steps:2}")
     assert [r["row"] for r in rows] == ["real", "trivial", "model"] and all(r["fvd"] >= 0 for r in rows)
     (ref,) = (tmp_path / "cache" / "reference").glob("ucf101_train_i3d_*.npz")  # the real clips' I3D statistics, cached
     with np.load(ref) as z:
