@@ -182,3 +182,55 @@ def make_ucf101(root, classes: int = 2, groups: int = 2, clips: int = 1, frames:
         (lists / f"testlist{fold:02d}.txt").write_bytes("".join(f"{x}\r\n" for x in test).encode())
     return root
 
+
+
+# ---------------------------------------------------------------------------------- Fashion-MNIST
+def fashion_pattern(c: int, i: int, size: int = 28) -> np.ndarray:
+    """Image ``i`` of class ``c``: a bright bar whose row is set by the class (rows 2 + 2c .. 4 + 2c)
+    over a faint per-item gradient, so a reader test can recover the class from the pixels."""
+    img = np.full((size, size), (i * 7) % 40, dtype=np.uint8)
+    img[2 + 2 * c:4 + 2 * c, 4:size - 4] = 255
+    return img
+
+
+def bar_class(image) -> int:
+    """The class ``fashion_pattern`` drew into a decoded ``[1, 28, 28]`` image (its brightest rows)."""
+    rows = np.asarray(image, dtype=np.float64).reshape(28, 28).mean(1)
+    return int((np.argmax(rows) - 2) // 2)
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes (magic 0x08, rank), gzip-compressed like the distributed files."""
+    import gzip
+    import struct
+
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def make_fashion_mnist(root, train_per_class: int = 6, test_per_class: int = 2, classes: int = 10) -> Path:
+    """The four Fashion-MNIST IDX .gz files under ``root`` (as Debian's dataset-fashion-mnist installs
+    them), classes interleaved in file order; returns ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = np.array([c for _ in range(per_class) for c in range(classes)], dtype=np.uint8)
+        images = np.stack([fashion_pattern(int(c), i) for i, c in enumerate(labels)])
+        write_idx(root / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{stem}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def save_fashion_stand_ins(root) -> tuple[Path, Path]:
+    """Untrained stage-one VQModel and AutoencoderKL of the fashion_mnist data config's shapes
+    (7×7 tokens from 256 codes, 4×7×7 latents), saved as diffusers directories: what a config test
+    needs where ``python -m elt.stage_one`` has not run."""
+    from elt import stage_one
+
+    out = []
+    for kind in stage_one.KINDS:
+        path = Path(root) / f"fashion_{kind}"
+        stage_one.build(kind, stage_one.DEFAULTS[kind]).save_pretrained(str(path))
+        out.append(path)
+    return out[0], out[1]

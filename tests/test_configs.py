@@ -29,6 +29,11 @@ def test_every_group_option_composes(group, option, tmp_path):
 
         vq, vae = save_imagenet_stand_ins(tmp_path)
         cfg.data.tokenizer.path, cfg.data.autoencoder.path = str(vq), str(vae)
+    if cfg.data.name == "fashion_mnist":  # stage-one models (python -m elt.stage_one): untrained, same shapes
+        from miniature import save_fashion_stand_ins
+
+        vq, vae = save_fashion_stand_ins(tmp_path)
+        cfg.data.tokenizer.path, cfg.data.autoencoder.path = str(vq), str(vae)
     validate_train(cfg)
     assert cfg.run_name  # every interpolation the run name needs resolves
     if group in ("data", "model", "scale", "ilsd", "experiment"):

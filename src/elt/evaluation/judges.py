@@ -188,12 +188,11 @@ def single_thread():
 
 @contextmanager
 def reproducible(seed: int):
-    """Training whose weights depend on the seed and the packages only, not on the caller: the
-    caller's RNG stream is left untouched (fork_rng), one thread (a different thread count splits
-    the reductions differently), oneDNN off and deterministic kernels (oneDNN picks its kernels per
-    machine and batch). A judge trains for thousands of steps, so one rounding difference on the
-    first step grows into another judge: this is why a fresh clone's digits judge, trained beside
-    a busy multi-threaded caller, printed different FDs from the README's."""
+    """Training whose weights depend on the seed, the data and the kernels only: the caller's RNG
+    stream is left untouched (fork_rng), one thread, oneDNN off, deterministic algorithms. This
+    does not make two CPUs agree: measured on the digits judge, ATen's AVX-512 and portable kernels
+    still gave other weights here (one or two threads did not), which is what the pinned process
+    below is for."""
     before = torch.are_deterministic_algorithms_enabled()
     with torch.random.fork_rng(), single_thread(), torch.backends.mkldnn.flags(enabled=False):
         torch.use_deterministic_algorithms(True)

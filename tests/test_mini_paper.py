@@ -1,0 +1,149 @@
+"""The mini-paper's verdicts are decided by the numbers: synthetic per-seed FDs that follow the
+paper give "reproduced", reversed ones "not reproduced"; the plan and the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elt import mini_paper as mp
+
+
+def test_compare_uses_the_spread_of_the_seeds():
+    assert mp.compare([10.0, 10.5, 9.5], [20.0, 21.0, 19.0])["outcome"] == "better"
+    assert mp.compare([20.0, 21.0, 19.0], [10.0, 10.5, 9.5])["outcome"] == "worse"
+    # the same means with a wide spread: not told apart
+    wide = mp.compare([2.0, 10.0, 18.0], [12.0, 14.0, 10.0])
+    assert wide["outcome"] == "tie" and not wide["provisional"]
+    assert wide["margin"] == pytest.approx(2 * ((64 / 3) + (4 / 3)) ** 0.5)
+    one = mp.compare([10.0], [10.4])  # one seed: 5% of the means, provisional
+    assert one["outcome"] == "tie" and one["provisional"] and one["margin"] == pytest.approx(0.51)
+    assert mp.compare([10.0], [11.0])["outcome"] == "better"
+    with pytest.raises(ValueError):
+        mp.compare([], [1.0])
+
+
+def seeds(m: float, spread: float = 0.2) -> list[float]:
+    return [m - spread, m, m + spread]
+
+
+def paper_like() -> dict:
+    """FD per loop count and seed as the paper describes it."""
+    return {"ilsd": {1: seeds(14), 2: seeds(12), 3: seeds(11), 4: seeds(10), 5: seeds(9), 6: seeds(11)},
+            "vanilla": {1: seeds(80), 2: seeds(60), 3: seeds(30), 4: seeds(12), 5: seeds(20), 6: seeds(40)},
+            "baseline": {1: seeds(10.1), 2: seeds(50), 3: seeds(70)},
+            "capacity": {L: seeds(20 + abs(L - 8)) for L in range(1, 11)}}
+
+
+def verdicts(arms) -> list[str]:
+    return [c["verdict"] for c in mp.claims(arms)]
+
+
+def test_numbers_that_follow_the_paper_reproduce_every_claim():
+    got = mp.claims(paper_like())
+    assert len(got) == 5 and [c["verdict"] for c in got] == ["reproduced"] * 5
+    assert not any(c["provisional"] for c in got)
+
+
+def test_numbers_against_the_paper_do_not_reproduce():
+    arms = paper_like()
+    arms["ilsd"] = {L: seeds(v) for L, v in {1: 90, 2: 70, 3: 35, 4: 15, 5: 15, 6: 15}.items()}  # worse than vanilla
+    arms["baseline"][1] = seeds(5)
+    arms["capacity"][8] = seeds(15)  # the same as 2N×4L
+    v = verdicts(arms)
+    assert v[0] == "partly reproduced"  # vanilla's early exits are poor, but ILSD's are not better
+    assert v[1] == "not reproduced (vanilla better)"
+    assert v[2] == "not reproduced (baseline better)"
+    assert v[3] == "not reproduced (no gain)"  # extra loops change nothing: neither gain nor degradation
+    assert v[4] == "not reproduced (no difference)"
+    arms["ilsd"][5], arms["ilsd"][6] = seeds(16), seeds(20)
+    assert verdicts(arms)[3] == "partly reproduced (degradation only)"
+
+
+def test_one_seed_verdicts_are_provisional():
+    arms = {a: {L: v[:1] for L, v in by.items()} for a, by in paper_like().items()}
+    got = mp.claims(arms)
+    assert all(c["provisional"] for c in got) and got[1]["verdict"] == "reproduced"
+
+
+def test_plan_quick_and_full(tmp_path):
+    quick = mp.plan(tmp_path, quick=True)
+    names = [t.name for t in quick]
+    assert names[:2] == ["stage_one_vq", "prepare_maskgit"] and len(names) == 2 + 2 * len(mp.ARMS)
+    ev = {t.name: t for t in quick}["eval_maskgit_vanilla_s0"]
+    assert ev.deps == ["train_maskgit_vanilla_s0", "eval_maskgit_ilsd_s0"]
+    assert "eval.extra_loops=2" in ev.cmd
+    full = mp.plan(tmp_path, quick=False)
+    trains = [t for t in full if t.name.startswith("train_")]
+    assert len(trains) == 2 * len(mp.ARMS) * 3 and {t.name for t in full} >= {"stage_one_kl", "prepare_dit"}
+    base = {t.name: t for t in full}["train_dit_baseline_s2"]
+    assert {"N=8", "Lmax=1", "seed=2", "experiment=mini/fashion_dit", "ckpt_path=last"} <= set(base.cmd)
+
+
+def write_results(runs, family, arm, seed, by_loop):
+    d = mp.run_dir(runs, family, arm, seed) / "eval"
+    d.mkdir(parents=True)
+    rows = [{"name": "real val split", "row": "real", "loops": None, mp.METRIC: 1.0}]
+    rows += [{"name": f"L={L}", "row": "model", "loops": L, mp.METRIC: v} for L, v in by_loop.items()]
+    (d / "results.json").write_text(json.dumps({"meta": {"hparams": {}}, "rows": rows}))
+
+
+def test_report_from_results(tmp_path):
+    runs = tmp_path / "runs"
+    for arm, by in paper_like().items():
+        for s in range(3):
+            write_results(runs, "maskgit", arm, s, {L: v[s] for L, v in by.items()})
+    for name, secs in (("ilsd/seed0/.train.done", 300), ("ilsd/seed0/.eval.done", 60)):
+        (runs / "maskgit" / name).write_text(f"{secs}\n")
+    assert mp.collect(runs, ["maskgit"], (0, 1, 2))["maskgit"]["arms"]["ilsd"][4] == seeds(10)
+    img = tmp_path / "img"
+    img.mkdir()
+    path = mp.report(runs, tmp_path / "out", quick=False, img_dir=img)
+    text = path.read_text()
+    assert "| ELT 2N×4L, ILSD | 4 | 14.00 ± 0.20 |" in text and text.count("**reproduced**") == 5
+    assert "## DiT-ELT" in text and "No finished evaluation yet." in text
+    assert (img / "mini_maskgit_fd_vs_loops.png").is_file()
+    # 24 trains and evals, each counted as the measured 300 + 60 s; nothing else measured
+    assert "estimate from these times: 144 CPU-minutes of commands, about 72 min wall" in text
+
+
+@pytest.mark.slow  # the whole two-stage path of both families at toy size: ~2 min on a busy 2-core machine
+@pytest.mark.parametrize("family", ["maskgit", "dit"])
+def test_two_stage_pipeline_end_to_end_on_miniature_idx(family, tmp_path, train_cfg, monkeypatch):
+    import dataclasses
+
+    from conftest import compose_cfg
+    from miniature import make_fashion_mnist
+
+    from elt import stage_one
+    from elt.evaluation import evaluate, judges
+    from elt.prepare import prepare
+    from elt.train import train
+
+    raw = make_fashion_mnist(tmp_path / "fm", train_per_class=6, test_per_class=1)
+    _, kind, _ = mp.FAMILIES[family]
+    weights = tmp_path / kind
+    stage_one.train(kind, raw, weights, steps=2, val_per_class=2, val_items=8, batch_size=8,
+                    **({"codes": 16} if kind == "vq" else {}))
+    node = "tokenizer" if kind == "vq" else "autoencoder"
+    data = [f"experiment=mini/fashion_{family}", f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}",
+            "data.val_per_class=2", f"data.{node}.path={weights}", *(["data.tokenizer.vocab_size=16"] if kind == "vq" else [])]
+    prepare(compose_cfg("prepare", [*data, "prepare.shard_size=8", "prepare.num_workers=0",
+                                    f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / "prepare"))
+    out = train(train_cfg(*data, "data.batch_size=8", "N=1", "Lmax=2", "trainer.limit_val_batches=1"))
+    monkeypatch.setitem(judges.JUDGES, "fashion_mnist", dataclasses.replace(
+        judges.JUDGES["fashion_mnist"], epochs=1, batch_size=8, min_val_accuracy=0.0))
+    cfg = compose_cfg("eval", [f"ckpt_path={out['ckpt_path']}", f"paths.cache_dir={tmp_path / 'cache'}",
+                               "eval.samples_per_class=1", "eval.batch_size=16", "eval.grid_per_class=0",
+                               "eval.progress=false", "eval.loops=all", "eval.extra_loops=1", "eval.sampler={steps:2}"],
+                      tmp_path / "eval")
+    rows = evaluate(cfg)["rows"]
+    model_rows = [r for r in rows if r.get("loops") is not None]
+    assert [r["loops"] for r in model_rows] == [1, 2, 3] and all(r[mp.METRIC] >= 0 for r in model_rows)
+
+
+def test_a_budget_that_beats_no_trivial_row_is_flagged():
+    arms = paper_like()
+    assert mp.power_warning(arms, {"trivial (independent tokens)": [100.0]}) == []
+    assert "Under-trained" in mp.power_warning(arms, {"trivial (independent tokens)": [11.0]})[0]
+    assert mp.power_warning(arms, {}) == []
