@@ -98,3 +98,40 @@ table-throughput: install
 
 clean:
 	rm -rf outputs logs
+
+# ---- any-time inference (issue 16; docs/anytime.md) ---------------------------------------------------
+# anytime-ckpts: the four demo checkpoints (resumable); anytime: Pareto fronts and early exit on them,
+# 3 sampling seeds, into benchmarks/results/anytime.{json,md} and docs/img/anytime_*.png (points cached).
+.PHONY: anytime anytime-ckpts
+ANYTIME_CKPTS := digits_maskgit digits_dit moving_digits_maskgit moving_digits_dit
+
+anytime-ckpts: install
+	for e in $(ANYTIME_CKPTS); do \
+		$(PY) train.py experiment=$$e hydra.run.dir=outputs/anytime/ckpt/$$e ckpt_path=last || exit 1; done
+
+anytime: anytime-ckpts
+	OMP_NUM_THREADS=1 $(PY) benchmarks/anytime.py
+
+# ---- mini-paper (docs/mini_paper.md): the paper's claims with seeds on Fashion-MNIST -------------------
+# Stage-one VQModel / AutoencoderKL -> prepare.py shards -> train.py -> eval.py for ILSD, vanilla, the
+# N·L×1 baseline and 1N×(N·L), L = 1..Lmax+2, 3 seeds, both families; resumable (rerun to continue).
+# MINI=quick: 1 seed, MaskGIT-ELT only. Report: outputs/mini_paper/report.md (MINI=quick: outputs/mini_paper/quick/report.md), plots also in docs/img.
+MINI ?= full
+MINI_JOBS ?= 2
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+FASHION_HOW := sudo apt-get install dataset-fashion-mnist, or pass FASHION_MNIST=<folder of the four IDX .gz files>
+.PHONY: mini-paper fashion-mnist-data
+
+fashion-mnist-data:
+	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { \
+		if [ "$(FASHION_MNIST)" = /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+			if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist; \
+			elif sudo -n true 2>/dev/null; then sudo apt-get install -y -q dataset-fashion-mnist; fi; \
+		fi; \
+		test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { \
+			echo "error: no Fashion-MNIST in $(FASHION_MNIST): $(FASHION_HOW)" >&2; exit 1; }; }
+
+mini-paper: install fashion-mnist-data
+	OMP_NUM_THREADS=1 $(PY) -m elt.mini_paper run $(if $(filter quick,$(MINI)),--quick,) --jobs $(MINI_JOBS) \
+		--raw-root $(FASHION_MNIST) --img-dir docs/img
+# ---- end mini-paper -----------------------------------------------------------------------------------

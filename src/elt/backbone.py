@@ -157,6 +157,32 @@ class LoopedBackbone(nn.Module):
                 states[loop] = x
         return [states[e] for e in exits]
 
+    # ---- one loop at a time (per-sample early exit) --------------------------------------------
+    def modulations(self, cond: torch.Tensor | None) -> list:
+        """adaLN parameters of every block for ``cond`` (Nones without it): what ``forward``
+        computes once per evaluation, for ``apply_loop``; rows follow ``cond``'s batch rows."""
+        if (cond is None) != (self.cond_dim is None):
+            raise ValueError("cond must be given exactly when the backbone was built with cond_dim")
+        return [blk.modulation_params(cond) for blk in self.blocks]
+
+    def apply_loop(self, x: torch.Tensor, loop: int, mods: list, x0: torch.Tensor) -> torch.Tensor:
+        """Loop number ``loop`` (1-based) on state ``x`` with the input ``x0``: the body of
+        ``forward``'s loop (inference only), so a caller can stop each sample at its own exit and
+        drop the finished rows between loops. ``forward`` applied loop by loop is this
+        (tests/test_early_exit.py checks it bit for bit)."""
+        if self.input_injection and loop > 1:
+            x = x + x0
+        if self.loop_embed is not None:
+            x = x + self.loop_embed[min(loop, len(self.loop_embed)) - 1]
+        for blk, mod in zip(self.blocks, mods):
+            x = blk(x, mod)
+        return x
+
+    @staticmethod
+    def select_mods(mods: list, rows: torch.Tensor) -> list:
+        """The modulations of the batch rows ``rows`` (a bool mask or indices)."""
+        return [None if m is None else tuple(t[rows] for t in m) for m in mods]
+
     def flops(self, seq_len: int, loops: int) -> float:
         """Analytic matmul FLOPs of one forward at batch 1 (multiply-add = 2)."""
         d, m, s = self.width, self.mlp_dim, seq_len

@@ -139,8 +139,10 @@ def sample_loop(
     device: torch.device | str = "cpu",
     clip_x0: float | None = None,
     progress: bool = False,
+    indexed: bool = False,
 ) -> torch.Tensor:
-    """Run ``steps`` steps on a uniform time grid from t=1 to 0; ``denoise(z, t[B]) -> x̂0``.
+    """Run ``steps`` steps on a uniform time grid from t=1 to 0; ``denoise(z, t[B]) -> x̂0``
+    (``indexed``: ``denoise(z, t[B], i)`` with the step index, for per-step loop schedules).
 
     The last step returns x̂0 itself (the posterior at λ_max is x̂0 up to ~e^{−λ_max/2} noise).
     """
@@ -153,7 +155,8 @@ def sample_loop(
     lams = schedule.logsnr(ts)
     z = torch.randn(shape, generator=generator, device=device)
     for i in trange(int(steps), disable=not progress, desc=f"{kind} sampling", leave=False):
-        x0 = denoise(z, ts[i].expand(shape[0])).float()
+        t = ts[i].expand(shape[0])
+        x0 = (denoise(z, t, i) if indexed else denoise(z, t)).float()
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
         if i + 1 < int(steps):

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from elt import precision
+from elt import precision, schedules
 from elt.checkpoint import load_run, relocate_data
 from elt.config import ConfigError
 from elt.config import require_int
@@ -58,6 +58,7 @@ class Settings:
     reference_stats: str | None = None  # a precomputed InceptionV3 reference (ADM's .npz) instead of a split
     reference_per_class: int | None = None  # reference statistics on at most this many items per class
     trivial_fit_items: int | None = None  # the trivial row's marginals from at most this many training items
+    schedules: list = field(default_factory=list)  # loop schedules scored as rows beside the fixed-L ones
 
 
 def parse_loops(spec, extra: int, lmax: int) -> list[int]:
@@ -115,7 +116,17 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
                     "with %d per class IS is computed over %d split(s)%s", is_splits, is_splits, num_classes,
                     per_class, per_class, ", without a ± spread" if per_class == 1 else "")
         is_splits = per_class
+    specs = e.get("schedules") or []
+    if isinstance(specs, str) or not isinstance(specs, (list, ListConfig)):
+        raise ConfigError(f"eval.schedules must be a list of loop schedules like [linear:1-4, step:4-2], got {specs!r}")
+    specs = [OmegaConf.to_container(x) if isinstance(x, ListConfig) else x for x in specs]
+    for spec in specs:
+        try:
+            schedules.parse(spec)
+        except schedules.ScheduleError as err:
+            raise ConfigError(f"eval.schedules: {err}") from None
     return Settings(
+        schedules=specs,
         loops=parse_loops(e.loops, require_int(cfg, "eval.extra_loops", 0), lmax),
         samples_per_class=per_class,
         batch_size=require_int(cfg, "eval.batch_size", 1),
@@ -177,6 +188,12 @@ def gflops_per_sample(model, loops: int, sampler: dict) -> float:
     """Analytic: one network evaluation at ``loops`` loops × the evaluations a sample costs (every
     sampling step, twice under guidance). The x-axis of the efficiency frontier."""
     return model.flops_per_eval(loops) * model.network_evals_per_sample(**sampler) / 1e9
+
+
+def schedule_key(spec) -> str:
+    """The cache file (and grid) name of a schedule row: its name with only safe characters."""
+    key = "S_" + "".join(c if c.isalnum() or c in "-." else "_" for c in schedules.name(spec))
+    return key if len(key) <= 80 else f"{key[:60]}_{fingerprint(schedules.name(spec))}"  # long explicit lists
 
 
 def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -286,8 +303,8 @@ class LoopSweep:
         if s.trivial_fit_items is not None and s.trivial_fit_items // model.num_classes < len(self.splits["train"]):
             self.trivial_per_class = max(1, s.trivial_fit_items // model.num_classes)
         ckpt = file_fingerprint(Path(cfg.ckpt_path))
-        self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "ckpt": ckpt, "sampler": sampler,
-                                                                        "precision": sample_precision}))
+        self.common = {**common, "ckpt": ckpt, "precision": sample_precision}  # what any model row depends on but the sampler
+        self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**self.common, "sampler": sampler}))
         trivial = {"trivial_per_class": self.trivial_per_class} if self.trivial_per_class else {}
         self.ref_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "floor": s.floor_split, **trivial}))
 
@@ -303,6 +320,9 @@ class LoopSweep:
                             "(data.tokenizer.path) is not on this machine")
         for L in tqdm(self.s.loops, desc="loop counts", unit="L", disable=not (self.s.progress and ranks.main)):
             rows.append(self.model_rows.get_or_compute(f"L{L}", lambda L=L: self.model_row(L), ranks))
+        for spec in self.s.schedules:
+            key = schedule_key(spec)
+            rows.append(self.model_rows.get_or_compute(key, lambda spec=spec: self.schedule_row(spec), ranks))
         return rows
 
     def reference_sources(self) -> dict[str, str]:
@@ -319,15 +339,41 @@ class LoopSweep:
         return out
 
     def model_row(self, L: int) -> dict | None:
-        def sample(y, g):
-            with precision.autocast(self.device.type, self.precision):
-                return self.model.sample(y, loops=L, generator=g, progress=False, **self.sampler)
-
-        s = self.s
-        batch = lambda i: sampled_batch(sample, self.labels, s.batch_size, s.seed, self.device, i)  # noqa: E731
-        scored = self.score(batch, len(self.labels), f"L{L}", f"sample+score L={L}")
+        scored = self.sampled_scores(L, f"L{L}", f"sample+score L={L}")
         return scored and make_row("model", "model", len(self.labels), scored[0], loops=L, extrapolated=L > self.model.Lmax,
                                    gflops=gflops_per_sample(self.model, L, self.sampler), seconds=scored[1])
+
+    def schedule_row(self, spec) -> dict | None:
+        """A loop schedule's row beside the fixed-L ones: same labels and seeds; ``loops`` is its
+        mean loop count, GFLOPs are summed over its steps."""
+        from elt.sampling import resolve_schedule
+
+        plan = resolve_schedule(self.model, spec, self.sampler)
+        label = schedules.name(spec)
+        scored = self.sampled_scores(list(plan), schedule_key(spec), f"sample+score {label}")
+        return scored and make_row(f"schedule {label}", "schedule", len(self.labels), scored[0],
+                                   loops=round(sum(plan) / len(plan), 3), extrapolated=max(plan) > self.model.Lmax,
+                                   gflops=schedules.gflops_per_sample(self.model, plan, self.sampler), seconds=scored[1])
+
+    def sampled_scores(self, loops, key: str, desc: str, sampler: dict | None = None, seed: int | None = None,
+                       labels: torch.Tensor | None = None, early_exit=None, stats: list | None = None):
+        """``score`` of the model's samples at ``loops`` (an int or a schedule): by default this
+        sweep's sampler, seed and labels; pareto varies them. ``stats``, a list, receives each
+        batch's ``model.sample`` stats (loops and heads run per sample and step)."""
+        sampler = self.sampler if sampler is None else sampler
+        labels = self.labels if labels is None else labels
+        seed = self.s.seed if seed is None else seed
+
+        def sample(y, g):
+            extra = {} if early_exit is None else {"early_exit": early_exit}
+            if stats is not None:
+                extra["stats"] = {}
+                stats.append(extra["stats"])
+            with precision.autocast(self.device.type, self.precision):
+                return self.model.sample(y, loops=loops, generator=g, progress=False, **extra, **sampler)
+
+        batch = lambda i: sampled_batch(sample, labels, self.s.batch_size, seed, self.device, i)  # noqa: E731
+        return self.score(batch, len(labels), key, desc)
 
     def real_row(self) -> dict | None:
         """The floor: real held-out images against the same reference set."""
@@ -418,6 +464,21 @@ def evaluate(cfg: DictConfig) -> dict:
     ranks = Ranks.from_env()
     if not ranks.main:  # one voice: rank 0 logs, the others only warn
         logging.getLogger().setLevel(logging.WARNING)
+    model, train_cfg, s, sampler, device, sample_precision, npz = prepare(cfg, ranks)
+    ranks.init(device)
+    try:
+        sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, sample_precision, ranks, npz)
+        rows = sweep.rows()
+        result = report(cfg, train_cfg, model, s, sampler, sample_precision, sweep, rows) if ranks.main else {}
+        ranks.barrier()  # the others wait for rank 0's files
+        return result
+    finally:
+        ranks.close()
+
+
+def prepare(cfg: DictConfig, ranks: Ranks):
+    """Every check and load before a sweep (shared with elt.evaluation.pareto): -> (model, train_cfg,
+    settings, sampler, device, sampling precision, reference npz or None)."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
     require_creatable_dir(cfg.eval.output_dir, "eval.output_dir")
@@ -432,15 +493,7 @@ def evaluate(cfg: DictConfig) -> dict:
     sampler = check_sampler(model.sampler_config(
         **(OmegaConf.to_container(cfg.eval.sampler, resolve=True) if cfg.eval.sampler else {})))
     npz = load_reference_npz(s.reference_stats, s.pr_k) if s.reference_stats is not None else None
-    ranks.init(device)
-    try:
-        sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, sample_precision, ranks, npz)
-        rows = sweep.rows()
-        result = report(cfg, train_cfg, model, s, sampler, sample_precision, sweep, rows) if ranks.main else {}
-        ranks.barrier()  # the others wait for rank 0's files
-        return result
-    finally:
-        ranks.close()
+    return model, train_cfg, s, sampler, device, sample_precision, npz
 
 
 def report(cfg, train_cfg, model, s: Settings, sampler, sample_precision, sweep: LoopSweep, rows) -> dict:
@@ -450,14 +503,32 @@ def report(cfg, train_cfg, model, s: Settings, sampler, sample_precision, sweep:
     print(table)
     metrics = quality_metrics(rows)
     title = f"{train_cfg.run_name}: {model.N}N×{model.Lmax}L"
-    figures = {
-        name: save_figure(quality_figure(rows, metrics, x, xlabel, title), out_dir / f"{name}.png")
-        for name, x, xlabel in [("quality_vs_loops", "loops", "loop count L"),
-                                ("quality_vs_gflops", "gflops_per_sample", "GFLOPs per sample")]
-    }
+    curve = [r for r in rows if r["row"] != "schedule"]  # schedule rows are points, not reference lines
+    figures = {}
+    for name, x, xlabel in [("quality_vs_loops", "loops", "loop count L"),
+                            ("quality_vs_gflops", "gflops_per_sample", "GFLOPs per sample")]:
+        fig = quality_figure(curve, metrics, x, xlabel, title)
+        if x == "gflops_per_sample":
+            add_schedule_points(fig, rows, metrics)
+        figures[name] = save_figure(fig, out_dir / f"{name}.png")
     grids = {L: out_dir / "grids" / f"L{L}.png" for L in s.loops if (out_dir / "grids" / f"L{L}.png").is_file()}
     log_to_loggers(build_loggers(cfg, train_cfg), rows, meta, figures, grids)
     return {"rows": rows, "table": table, "output_dir": str(out_dir), "figures": {k: str(v) for k, v in figures.items()}}
+
+
+def add_schedule_points(fig, rows: list[dict], metrics: list[str]) -> None:
+    """The schedule rows as labelled diamonds on the quality-vs-GFLOPs panels, beside the fixed-L curve."""
+    points = [r for r in rows if r["row"] == "schedule" and r.get("gflops_per_sample") is not None]
+    if not points:
+        return
+    for ax, m in zip(fig.axes, metrics):
+        sel = [r for r in points if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
+        ax.scatter([r["gflops_per_sample"] for r in sel], [r[m] for r in sel], marker="D", color="C3", zorder=3,
+                   label="loop schedules")
+        for r in sel:
+            ax.annotate(r["name"].removeprefix("schedule "), (r["gflops_per_sample"], r[m]), textcoords="offset points",
+                        xytext=(4, -8), fontsize=6, color="C3")
+    fig.axes[0].legend(fontsize=7)
 
 
 def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str, extractors,

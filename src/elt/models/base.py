@@ -192,6 +192,80 @@ class LoopedGenerativeModule(L.LightningModule):
         cfg.update({k: v for k, v in overrides.items() if v is not None})
         return cfg
 
+    def embed(self, inputs: dict):
+        """-> (backbone input [B, S, D], conditioning or None): ``predict`` before the backbone."""
+        raise NotImplementedError
+
+    def readout(self, state: torch.Tensor, cond) -> torch.Tensor:
+        """The shared head on a backbone state: ``predict`` after the backbone."""
+        raise NotImplementedError
+
+    def early_exit_predict(self, inputs: dict, loops: int, cfg_scale: float, rule, distance, post=None):
+        """``guided_predict`` at most ``loops`` loops, each sample stopping at its own exit.
+
+        Loop by loop on the still-active rows only (under guidance, a sample's conditional and
+        null-class rows leave together): after loop l ≥ ``rule.min_loops`` a sample whose
+        ``distance(prev, cur, idx)`` (per active sample; ``idx`` their batch indices) is below
+        ``rule.tau`` keeps its exit-l prediction and leaves the batch, so later loops run on fewer
+        rows. Heads are read only where a decision needs them (none before the last loop when
+        tau=0 and nothing is recorded, which is then ``guided_predict`` exactly).
+        -> (prediction [B, ...], loops run [B], heads read [B])."""
+        post = post or (lambda out, _: out.float())
+        b, pair = len(inputs["labels"]), 1 if cfg_scale == 1.0 else 2
+        feed = inputs
+        if pair == 2:
+            null = torch.full_like(inputs["labels"], self.num_classes)
+            feed = {k: torch.cat([v, null if k == "labels" else v]) for k, v in inputs.items()}
+        x, cond = self.embed(feed)
+        x0, mods, bb = x, self.backbone.modulations(cond), self.backbone
+        dev = x.device
+        active = torch.arange(b, device=dev)
+        ran = torch.zeros(b, dtype=torch.long, device=dev)
+        heads = torch.zeros(b, dtype=torch.long, device=dev)
+        probing = rule.tau > 0 or rule.record is not None
+        first_read = max(rule.min_loops - 1, 1)
+        out, prev, trace = None, None, []
+
+        def combine(raw, fed):
+            p = post(raw, fed)
+            if pair == 1:
+                return p
+            cond_half, uncond = p.chunk(2)
+            return uncond + cfg_scale * (cond_half - uncond)
+
+        for loop in range(1, int(loops) + 1):
+            x = bb.apply_loop(x, loop, mods, x0)
+            ran[active] += 1
+            last = loop == int(loops)
+            if not (last or (probing and loop >= first_read)):
+                continue
+            pred = combine(self.readout(x, cond), feed)
+            heads[active] += 1
+            if out is None:
+                out = torch.empty((b, *pred.shape[1:]), dtype=pred.dtype, device=dev)
+            if prev is not None and loop >= rule.min_loops and (not last or rule.record is not None):
+                dist = distance(prev, pred, active)
+                if rule.record is not None:
+                    trace.append(float(dist.float().mean()))
+                done = dist < rule.tau
+                if not last and done.any():
+                    out[active[done]] = pred[done]
+                    keep = ~done
+                    rows = keep.repeat(pair)
+                    active, pred = active[keep], pred[keep]
+                    x, x0, mods = x[rows], x0[rows], bb.select_mods(mods, rows)
+                    cond = None if cond is None else cond[rows]
+                    feed = {k: v[rows] for k, v in feed.items()}
+                    if not len(active):
+                        break
+            if last:
+                out[active] = pred
+                break
+            prev = pred
+        if rule.record is not None:
+            rule.record.append(trace)
+        return out, ran, heads
+
     def network_evals_per_sample(self, **overrides) -> int:
         cfg = self.sampler_config(**overrides)
         return int(cfg["steps"]) * (1 if float(cfg["cfg_scale"]) == 1.0 else 2)

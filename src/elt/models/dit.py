@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from elt import diffusion as D
+from elt import schedules
 from elt.backbone import LoopedBackbone, modulate
 from elt.ema import EMA
 from elt.models.base import LoopedGenerativeModule
@@ -154,11 +155,18 @@ class DiTELT(LoopedGenerativeModule):
 
     def predict(self, inputs, loops: int, exits: list[int]) -> list[torch.Tensor]:
         """One evaluation: raw outputs (in ``self.prediction`` terms) at every exit."""
-        h = self.patch_embed(inputs["z"]).flatten(2).transpose(1, 2) + self.pos_embed
-        cond = self.condition(inputs["t"], inputs["labels"])  # once per evaluation, reused by every loop
+        h, cond = self.embed(inputs)  # the conditioning once per evaluation, reused by every loop
         states = self.backbone(h, loops=loops, exits=exits, cond=cond)
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
         return [self.unpatchify(self.final_linear(modulate(self.final_norm(s), shift, scale))) for s in states]
+
+    def embed(self, inputs):
+        h = self.patch_embed(inputs["z"]).flatten(2).transpose(1, 2) + self.pos_embed
+        return h, self.condition(inputs["t"], inputs["labels"])
+
+    def readout(self, state, cond) -> torch.Tensor:
+        shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
+        return self.unpatchify(self.final_linear(modulate(self.final_norm(state), shift, scale)))
 
     def flops_per_eval(self, loops: int) -> float:
         seq, width, volume = math.prod(self.grid), self.backbone.width, math.prod(self.patch)
@@ -166,6 +174,11 @@ class DiTELT(LoopedGenerativeModule):
         time_mlp = 2.0 * (TIME_FREQ_DIM * width + width * width)
         final = 2.0 * width * 2 * width + 2.0 * seq * width * volume * self.out_channels
         return self.backbone.flops(seq, loops) + patch + time_mlp + final
+
+    def flops_per_exit(self) -> float:
+        """The final layer once (its modulation included): what every extra exit read out costs."""
+        seq, width = math.prod(self.grid), self.backbone.width
+        return 2.0 * width * 2 * width + 2.0 * seq * width * math.prod(self.patch) * self.out_channels
 
     # ---- training ------------------------------------------------------------------------------
     def training_inputs(self, batch, generator: torch.Generator | None = None):
@@ -210,16 +223,54 @@ class DiTELT(LoopedGenerativeModule):
         return self.ema.applied(self.parameters()) if enabled and self.ema is not None else nullcontext()
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, loops: int, generator: torch.Generator | None = None,
-               progress: bool = False, **overrides) -> torch.Tensor:
-        """Ancestral DDPM (or DDIM) from pure noise with the same loop count at every step."""
+    def sample(self, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
+               progress: bool = False, early_exit=None, stats: dict | None = None, **overrides) -> torch.Tensor:
+        """Ancestral DDPM (or DDIM) from pure noise. ``loops``: an int (the same L at every step) or
+        a loop schedule (elt.schedules); ``early_exit``: stop each sample's loops once x̂0 stops
+        changing (elt.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
+        [B, steps]: the loops each sample ran and the heads read at every step."""
         cfg = self.sampler_config(**overrides)
         labels = labels.to(self.device)
         shape = (len(labels), *self.autoencoder.latent_shape)
+        steps, cfg_scale = int(cfg["steps"]), float(cfg["cfg_scale"])
+        plan = schedules.resolve(loops, max(steps, 0))
+        rule = schedules.EarlyExit.from_spec(early_exit)
+        criterion = rule.criterion_for("dit") if rule is not None else None
+        if criterion == "noise" and cfg["kind"] != "ddpm":
+            raise schedules.ScheduleError("early_exit.criterion noise needs the ddpm sampler (it weighs x̂0 by the step's noise)")
+        lams = self.schedule.logsnr(torch.linspace(1.0, 0.0, max(steps, 0) + 1, device=self.device))  # sample_loop's grid
+        ran = torch.zeros(len(labels), max(steps, 0), dtype=torch.long, device=self.device)
+        heads = torch.ones(len(labels), max(steps, 0), dtype=torch.long, device=self.device)
+
+        def to_x0(out, inp):
+            return D.to_x0(out.float(), inp["z"], self.schedule.logsnr(inp["t"]), self.prediction)
+
+        def relative_change(prev, cur, idx):
+            return (cur - prev).flatten(1).norm(dim=1) / cur.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+        def noise_scaled_change(i):
+            """RMS change of the ancestral step's mean (a_s·c·Δx̂0) in units of the noise the step adds
+            (σ_s·√c): a change far below the fresh noise cannot matter. The last step adds none: rel."""
+            if i + 1 >= steps:
+                return relative_change
+            a_s, s_s = D.alpha_sigma(lams[i + 1])
+            weight = a_s * (-torch.expm1(lams[i] - lams[i + 1])).sqrt() / s_s
+            return lambda prev, cur, idx: weight * (cur - prev).flatten(1).pow(2).mean(1).sqrt()
+
+        def denoise(z, t, i):
+            if rule is None:
+                ran[:, i] = plan[i]
+                return self.denoise(z, t, labels, plan[i], cfg_scale)
+            distance = noise_scaled_change(i) if criterion == "noise" else relative_change
+            x0, ran[:, i], heads[:, i] = self.early_exit_predict(
+                {"z": z, "t": t, "labels": labels}, plan[i], cfg_scale, rule, distance, to_x0)
+            return x0
+
         with self.ema_weights(bool(cfg["ema"])):
             latents = D.sample_loop(
-                lambda z, t: self.denoise(z, t, labels, loops, float(cfg["cfg_scale"])),
-                shape, self.schedule, int(cfg["steps"]), kind=cfg["kind"], generator=generator,
-                device=self.device, clip_x0=cfg["clip_x0"], progress=progress,
+                denoise, shape, self.schedule, steps, kind=cfg["kind"], generator=generator,
+                device=self.device, clip_x0=cfg["clip_x0"], progress=progress, indexed=True,
             )
+        if stats is not None:
+            stats.update(loops=ran.cpu(), heads=heads.cpu(), plan=plan)
         return self.autoencoder.decode(latents)

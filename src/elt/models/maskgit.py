@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import trange
 
+from elt import schedules
 from elt.backbone import LoopedBackbone
 from elt.models.base import LoopedGenerativeModule
 from elt.positions import POS_INITS, sincos_1d, sincos_2d
@@ -123,13 +124,23 @@ class MaskGITELT(LoopedGenerativeModule):
 
     # ---- network -----------------------------------------------------------------------------
     def predict(self, inputs, loops: int, exits: list[int]) -> list[torch.Tensor]:
+        h, _ = self.embed(inputs)
+        return [self.readout(s, None) for s in self.backbone(h, loops=loops, exits=exits)]  # logits [B, T, vocab]
+
+    def embed(self, inputs):
         h = torch.cat([self.class_embed(inputs["labels"])[:, None], self.token_embed(inputs["tokens"])], dim=1)
-        states = self.backbone(h + self.positions(), loops=loops, exits=exits)
-        return [self.head(s[:, 1:]) for s in states]  # logits [B, T, vocab]
+        return h + self.positions(), None
+
+    def readout(self, state, cond=None) -> torch.Tensor:
+        return self.head(state[:, 1:])
 
     def flops_per_eval(self, loops: int) -> float:
         seq, vocab, width = self.tokenizer.num_tokens, self.tokenizer.vocab_size, self.backbone.width
         return self.backbone.flops(seq + 1, loops) + 2.0 * seq * width * vocab
+
+    def flops_per_exit(self) -> float:
+        """The shared head once: what every extra exit read out by early exit costs."""
+        return 2.0 * self.tokenizer.num_tokens * self.backbone.width * self.tokenizer.vocab_size
 
     # ---- training ------------------------------------------------------------------------------
     def training_inputs(self, batch, generator: torch.Generator | None = None):
@@ -157,31 +168,73 @@ class MaskGITELT(LoopedGenerativeModule):
 
     # ---- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, loops: int, generator: torch.Generator | None = None,
-               progress: bool = False, **overrides) -> torch.Tensor:
-        """MaskGIT parallel decoding with the same loop count at every step."""
+    def sample(self, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
+               progress: bool = False, early_exit=None, stats: dict | None = None, **overrides) -> torch.Tensor:
+        """MaskGIT parallel decoding. ``loops``: an int (the same L at every step) or a loop
+        schedule (elt.schedules); ``early_exit``: stop each sample's loops once successive exits
+        agree (elt.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
+        [B, steps]: the loops each sample ran and the heads read at every step."""
         cfg = self.sampler_config(**overrides)
         steps, dev = int(cfg["steps"]), self.device
         if steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {steps}")
+        plan = schedules.resolve(loops, steps)
+        rule = schedules.EarlyExit.from_spec(early_exit)
+        criterion = rule.criterion_for("maskgit") if rule is not None else None
         labels = labels.to(dev)
         b, t = len(labels), self.tokenizer.num_tokens
+        ran = torch.zeros(b, steps, dtype=torch.long, device=dev)
+        heads = torch.ones(b, steps, dtype=torch.long, device=dev)
         tokens = torch.full((b, t), self.mask_id, dtype=torch.long, device=dev)
-        for k in trange(steps, disable=not progress, desc=f"decode L={loops}", leave=False):
-            logits = self.guided_predict({"tokens": tokens, "labels": labels}, loops, float(cfg["cfg_scale"]))
+        desc = f"decode L={loops}" if isinstance(loops, int) else f"decode {schedules.name(loops)}"
+        for k in trange(steps, disable=not progress, desc=desc, leave=False):
             ratio = (k + 1) / steps
+            last = k == steps - 1
             temp = cfg["temperature_end"] + (cfg["temperature_start"] - cfg["temperature_end"]) * (1 - ratio)
-            sampled = (logits / max(temp, 1e-6) + gumbel(logits.shape, generator, dev)).argmax(-1)
+            # the step's noise, drawn before the network (which draws none): the same numbers in the
+            # same order as drawing after it, and fixed across exits so that their commits compare
+            noise_tok = gumbel((b, t, self.tokenizer.vocab_size), generator, dev)
+            noise_conf = None if last else gumbel((b, t), generator, dev)
             unknown = tokens == self.mask_id
-            sampled = torch.where(unknown, sampled, tokens)
-            if k == steps - 1:
-                tokens = sampled
-                break
-            conf = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)
-            conf = conf + cfg["choice_temperature"] * (1 - ratio) * gumbel(conf.shape, generator, dev)
-            conf = torch.where(unknown, conf, torch.full_like(conf, float("inf")))
-            n_sched = torch.floor(cosine_schedule(ratio) * t).long().to(dev)
-            n_mask = torch.clamp(torch.minimum(unknown.sum(1) - 1, n_sched), min=1)
-            remask = conf.argsort(1).argsort(1) < n_mask[:, None]  # the least confident
-            tokens = torch.where(remask, torch.full_like(sampled, self.mask_id), sampled)
+
+            def commit(logits, idx=slice(None)):
+                return self.decode_step(logits, tokens[idx], unknown[idx], noise_tok[idx],
+                                        None if last else noise_conf[idx], temp, ratio, cfg, last)
+
+            inputs = {"tokens": tokens, "labels": labels}
+            if rule is None:
+                logits = self.guided_predict(inputs, plan[k], float(cfg["cfg_scale"]))
+                ran[:, k] = plan[k]
+            else:
+                def distance(prev, cur, idx):
+                    if criterion == "kl":
+                        log_cur, log_prev = cur.log_softmax(-1), prev.log_softmax(-1)
+                        kl = (log_cur.exp() * (log_cur - log_prev)).sum(-1)
+                        m = unknown[idx].float()
+                        return (kl * m).sum(1) / m.sum(1).clamp_min(1)
+                    a, c = commit(prev, idx), commit(cur, idx)
+                    committed = (c != self.mask_id) & unknown[idx]
+                    return ((a != c) & unknown[idx]).sum(1).float() / committed.sum(1).clamp_min(1)
+
+                logits, ran[:, k], heads[:, k] = self.early_exit_predict(
+                    inputs, plan[k], float(cfg["cfg_scale"]), rule, distance)
+            tokens = commit(logits)
+        if stats is not None:
+            stats.update(loops=ran.cpu(), heads=heads.cpu(), plan=plan)
         return self.tokenizer.decode(tokens)
+
+    def decode_step(self, logits, tokens, unknown, noise_tok, noise_conf, temp, ratio, cfg, last):
+        """One parallel-decoding update from a step's logits and its pre-drawn Gumbel noise: sample
+        every masked token, then (except at the last step) re-mask the least confident ones."""
+        t = tokens.shape[1]
+        sampled = (logits / max(temp, 1e-6) + noise_tok).argmax(-1)
+        sampled = torch.where(unknown, sampled, tokens)
+        if last:
+            return sampled
+        conf = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)
+        conf = conf + cfg["choice_temperature"] * (1 - ratio) * noise_conf
+        conf = torch.where(unknown, conf, torch.full_like(conf, float("inf")))
+        n_sched = torch.floor(cosine_schedule(ratio) * t).long().to(tokens.device)
+        n_mask = torch.clamp(torch.minimum(unknown.sum(1) - 1, n_sched), min=1)
+        remask = conf.argsort(1).argsort(1) < n_mask[:, None]  # the least confident
+        return torch.where(remask, torch.full_like(sampled, self.mask_id), sampled)

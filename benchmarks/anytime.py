@@ -1,0 +1,270 @@
+"""Any-time inference beyond the paper, measured on the project's four demo checkpoints.
+
+For each checkpoint (digits and moving digits, MaskGIT-ELT and DiT-ELT, trained with the experiment
+configs into outputs/anytime/ckpt/<name>):
+
+1. the Pareto search (elt.evaluation.pareto) over sampling steps × loop schedules within the GFLOPs of
+   the paper's most expensive fixed-L point (L = Lmax at the config's steps), the real metric at 3
+   sampling seeds; the paper's fixed-L points are scored on the same seeds;
+2. per-sample early exit on the paper's L = Lmax point: τ calibrated on held-out draws for a 5%
+   Fréchet-distance loss, then block applications, measured GFLOPs, wall time and Fréchet distance
+   with and without it, on the same 3 seeds.
+
+Every scored point is cached in outputs/anytime/pareto/<name>/points (a rerun only renders).
+Writes benchmarks/results/anytime.{json,md} and docs/img/anytime_{fronts,early_exit}.png.
+
+    OMP_NUM_THREADS=1 python benchmarks/anytime.py [--only digits_maskgit ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("ELT_ROOT", str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+
+from elt import schedules  # noqa: E402
+from elt.evaluation import judges  # noqa: E402
+from elt.evaluation.distributed import Ranks  # noqa: E402
+from elt.evaluation.evaluate import LoopSweep, prepare  # noqa: E402
+from elt.evaluation.pareto import Search, calibrate_tau, front_figure, run_search  # noqa: E402
+from elt.evaluation.plots import save_figure  # noqa: E402
+from elt.files import write_text_atomic  # noqa: E402
+from elt.sampling import run_lengths  # noqa: E402
+
+SEEDS = [0, 1, 2]
+TARGET_LOSS = 0.05  # early exit: at most 5% Fréchet-distance cost on the calibration draws
+# videos cost 4-9x more per sample (the DiT ~2 s per video at L=4 on this CPU): fewer schedules
+VIDEO_SCHEDULES = "[1,2,3,4,linear:4-1,linear:1-4,step:4-1,step:4-2,change:2,change:3]"
+VIDEO_DIT_SCHEDULES = "[1,2,3,4,linear:1-4,step:1-4,step:2-4,change:2.5]"
+# steps searched (the config's K and around it; the budget drops what costs more than L = Lmax at K),
+# samples per class for the real metric and the proxy, τ grid of the family's criterion
+CHECKPOINTS = {
+    "digits_maskgit": dict(steps=[8, 12, 16, 24, 32], per_class=20, proxy=5, candidates=4,
+                           exits={"commit": [1e-6, 0.05, 0.1, 0.2, 0.34]}),
+    "digits_dit": dict(steps=[64, 96, 128, 192], per_class=20, proxy=3, candidates=3,
+                       exits={"rel": [0.01, 0.02, 0.03, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03, 0.05]}),
+    # videos cost 4-9x more per sample: fewer steps, schedules and samples on a 2-core CPU
+    "moving_digits_maskgit": dict(steps=[12, 24, 36], per_class=8, proxy=2, candidates=2, schedules=VIDEO_SCHEDULES,
+                                  exits={"commit": [1e-6, 0.1, 0.2, 0.34]}),
+    "moving_digits_dit": dict(steps=[32, 64], per_class=6, proxy=2, candidates=1, schedules=VIDEO_DIT_SCHEDULES,
+                              exits={"rel": [0.02, 0.05, 0.08]}),
+}
+
+
+def config(name: str, spec: dict, budget: float | None, extra=()):
+    ckpt = ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt"
+    out = ROOT / "outputs/anytime/pareto" / name
+    overrides = [f"ckpt_path={ckpt}", f"eval.output_dir={out}", f"hydra.run.dir={out}", "eval.precision=32",
+                 "eval.progress=false", f"eval.samples_per_class={spec['per_class']}", f"pareto.proxy_per_class={spec['proxy']}",
+                 "pareto.steps=[" + ",".join(map(str, spec["steps"])) + "]", "pareto.seeds=[" + ",".join(map(str, SEEDS)) + "]",
+                 f"pareto.candidates={spec['candidates']}", *([f"pareto.schedules={spec['schedules']}"] if "schedules" in spec else []),
+                 *([f"budget.gflops={budget}"] if budget else []), *extra]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="pareto", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def paper_budget(name: str, spec: dict) -> float:
+    from elt.checkpoint import load_run
+
+    model, _ = load_run(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt")
+    sampler = model.sampler_config()
+    return schedules.gflops_per_sample(model, (model.Lmax,) * int(sampler["steps"]), sampler) * (1 + 1e-9)
+
+
+def mean_std(values) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
+
+
+def early_exit(name: str, spec: dict, metric: str, criterion: str, taus: list[float]) -> dict:
+    """τ calibrated on held-out draws at the paper's L = Lmax point, then the 3 seeds with and without."""
+    cfg = config(name, spec, None)
+    ranks = Ranks()
+    model, train_cfg, s, sampler, device, prec, npz = prepare(cfg, ranks)
+    sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, prec, ranks, npz)
+    search = Search(sweep, Path(cfg.eval.output_dir))
+    p = search.point(int(sampler["steps"]), model.Lmax)
+    family = "maskgit" if "maskgit" in type(model).__name__.lower() else "dit"
+    named = None if criterion == schedules.EarlyExit.CRITERIA[family][0] else criterion  # the default stays unnamed
+    tau, table = calibrate_tau(search, p, taus, TARGET_LOSS, metric, spec["per_class"], named)
+    runs = {"off": [search.score(p, seed, s.samples_per_class) for seed in SEEDS]}
+    rule = {"tau": tau, **({"criterion": named} if named else {})}
+    runs["on"] = [search.score(p, seed, s.samples_per_class, rule) for seed in SEEDS] if tau > 0 else runs["off"]
+    out = {"point": p["name"], "criterion": criterion, "tau": tau, "target_loss": TARGET_LOSS, "calibration": table,
+           "N": model.N, "judge": [judges.JUDGES[train_cfg.data.name].version]}
+    for k, rs in runs.items():
+        out[k] = {key: mean_std([r[key] for r in rs]) for key in (metric, "block_applications", "gflops_measured",
+                                                                 "seconds_per_sample")}
+        out[k]["per_seed"] = [r[metric] for r in rs]
+    on, off = out["on"], out["off"]
+    out["block_saving"] = 1 - on["block_applications"][0] / off["block_applications"][0]
+    out["gflops_saving"] = 1 - on["gflops_measured"][0] / off["gflops_measured"][0]
+    out["wall_saving"] = 1 - on["seconds_per_sample"][0] / off["seconds_per_sample"][0]
+    out["fd_cost"] = on[metric][0] / off[metric][0] - 1
+    return out
+
+
+def slim(result: dict) -> dict:
+    """The search result without the proxy points' bulk (their full rows live in points/)."""
+    keep = ("name", "steps", "gflops", "proxy")
+    return {**result, "proxy": [{k: p[k] for k in keep if k in p} for p in result["proxy"]]}
+
+
+def best_gain(result: dict) -> dict:
+    """The best fixed-L point (paper protocol) and the best searched point at equal or lower GFLOPs."""
+    paper = [p for p in result["scored"] if p["paper"]]
+    best_fixed = min(paper, key=lambda p: p["quality"])
+    rivals = [p for p in result["scored"] if not p["paper"] and p["gflops"] <= best_fixed["gflops"] * (1 + 1e-9)]
+    best = min(rivals, key=lambda p: p["quality"], default=None)
+    varying = min((p for p in rivals if len(set(p["plan"])) > 1), key=lambda p: p["quality"], default=None)
+    gain = None if best is None else 1 - best["quality"] / best_fixed["quality"]
+    return {"best_fixed": best_fixed, "best_schedule": best, "fd_gain": gain, "best_varying": varying,
+            "fd_gain_varying": None if varying is None else 1 - varying["quality"] / best_fixed["quality"]}
+
+
+def fmt(ms, digits=3) -> str:
+    return f"{ms[0]:.{digits}g} ± {ms[1]:.2g}"
+
+
+def render(results: dict) -> str:
+    lines = ["# Any-time inference: loop schedules, Pareto search, early exit (`benchmarks/anytime.py`)", "",
+             f"CPU, fp32 sampling, {len(SEEDS)} sampling seeds {SEEDS} (mean ± std). Quality = the Fréchet distance in the "
+             "feature space of the dataset's domain judge (`fid_digits_cnn`, `fvd_moving_digits_cnn`: not Inception "
+             "FID/I3D FVD). GFLOPs/sample analytic (elt.schedules), early exit: measured from the loops actually run. "
+             "Wall time is per sample on a shared 2-core machine (other jobs ran at the same time: indicative only).", ""]
+    lines += ["Checkpoints (outputs/anytime/ckpt/<name>, `make anytime-ckpts`), training steps done / in the recipe: "
+              + ", ".join(f"{n} {r['ckpt_step']['trained']}/{r['ckpt_step']['recipe']}" for n, r in results.items()
+                          if "ckpt_step" in r) + ".", ""]
+    lines += ["## Pareto search against the paper's fixed-L protocol", "",
+              "| checkpoint | metric (judge recipe) | best fixed L (steps, L) | its GFLOPs | its FD | best searched at ≤ GFLOPs | GFLOPs | FD | FD gain | target ≥ 10% |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "pareto" not in r:
+            continue
+        g, m = r["gain"], r["pareto"]["metric"]
+        bf, bs = g["best_fixed"], g["best_schedule"]
+        lines.append(f"| {name} | {m} ({r.get('judge', '?')}) | {bf['steps']}, L={bf['plan'][0]} | {bf['gflops']:.3g} | {bf['quality']:.3g} ± {bf['quality_std']:.2g} | "
+                     + (f"{bs['name']} | {bs['gflops']:.3g} | {bs['quality']:.3g} ± {bs['quality_std']:.2g} | {100 * g['fd_gain']:+.1f}% | "
+                        f"{'met' if g['fd_gain'] >= 0.10 else 'missed'} |" if bs else "– | – | – | – | missed |"))
+    lines += ["", "Best point whose loop count varies over the steps (a non-constant schedule) at ≤ the best fixed-L GFLOPs:", ""]
+    for name, r in results.items():
+        v = r.get("gain", {}).get("best_varying")
+        if v:
+            lines.append(f"- {name}: {v['name']} (loops {run_lengths(v['plan'])}): {v['gflops']:.3g} GFLOPs, {v['quality']:.3g} ± "
+                         f"{v['quality_std']:.2g} ({100 * r['gain']['fd_gain_varying']:+.1f}% vs the best fixed L)")
+    lines += ["", "## Per-sample early exit at the paper's L = Lmax point", "",
+              "| checkpoint | point | criterion, τ (calibrated: ≤ 5% FD on held-out draws) | block applications/sample off → on | saving | "
+              "GFLOPs/sample off → on | wall s/sample off → on | FD off → on | FD cost | target ≥ 25% at ≤ 5% |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r, e in exit_runs(results):
+        m = r["pareto"]["metric"]
+        ok = e["block_saving"] >= 0.25 and e["fd_cost"] <= 0.05
+        lines.append(f"| {name} ({', '.join(e.get('judge', []))}) | {e['point']} | {e['criterion']} τ={e['tau']:g} | {fmt(e['off']['block_applications'], 4)} → "
+                     f"{fmt(e['on']['block_applications'], 4)} | {100 * e['block_saving']:.1f}% | "
+                     f"{fmt(e['off']['gflops_measured'])} → {fmt(e['on']['gflops_measured'])} | "
+                     f"{fmt(e['off']['seconds_per_sample'], 2)} → {fmt(e['on']['seconds_per_sample'], 2)} "
+                     f"({100 * abs(e['wall_saving']):.0f}% {'less' if e['wall_saving'] >= 0 else 'more'}) | {fmt(e['off'][m])} → {fmt(e['on'][m])} | {100 * e['fd_cost']:+.1f}% | "
+                     f"{'met' if ok else 'missed'} |")
+    for name, r in results.items():
+        if "pareto" in r:
+            lines += ["", f"### {name}", "", open(ROOT / "outputs/anytime/pareto" / name / "front.md").read().strip()]
+        for e in r.get("early_exit") or []:
+            lines += ["", f"Early-exit calibration ({e['point']}, {e['criterion']}, held-out draws, FD relative to τ=0): "
+                      + ", ".join(f"τ={row['tau']:g}: {row['relative']:.3f}×" for row in e["calibration"])]
+    return "\n".join(lines) + "\n"
+
+
+def exit_runs(results: dict):
+    for name, r in results.items():
+        for e in r.get("early_exit") or []:
+            yield name, r, e
+
+
+def figures(results: dict) -> None:
+    from matplotlib.figure import Figure
+
+    names = [n for n in results if "pareto" in results[n]]
+    if names:
+        fig = Figure(figsize=(5.0 * len(names), 3.9))
+        axes = fig.subplots(1, len(names), squeeze=False)[0]
+        for ax, n in zip(axes, names):
+            front_figure(results[n]["pareto"], n, ax=ax)
+        fig.tight_layout()
+        save_figure(fig, ROOT / "docs/img/anytime_fronts.png")
+    runs = list(exit_runs(results))
+    if runs:
+        fig = Figure(figsize=(5.2, 3.8))
+        ax = fig.subplots()
+        for i, (n, _, e) in enumerate(runs):
+            for row in e["calibration"][1:]:
+                if "block_applications" in row:
+                    saving = 1 - row["block_applications"] / (e["off"]["block_applications"][0])
+                    ax.scatter(100 * saving, 100 * (row["relative"] - 1), color=f"C{i}", alpha=0.35, s=14)
+            per_seed = torch.tensor(e["on"]["per_seed"]) / torch.tensor(e["off"]["per_seed"]) - 1
+            ax.errorbar(100 * e["block_saving"], 100 * e["fd_cost"], yerr=100 * float(per_seed.std()), fmt="o",
+                        color=f"C{i}", ms=7, capsize=3, label=f"{n}, {e['criterion']} τ={e['tau']:g}")
+        ax.set_xlim(0, 100)
+        ax.axvline(25, color="grey", ls=":", lw=1)
+        ax.axhline(5, color="grey", ls=":", lw=1)
+        ax.set_xlabel("block applications saved (%)")
+        ax.set_ylabel("Fréchet-distance cost (%)")
+        ax.set_title("early exit: saving vs quality cost (error bar: std over seeds; faint: calibration τ grid)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save_figure(fig, ROOT / "docs/img/anytime_early_exit.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="*", default=None, help="checkpoint names (default: all that exist)")
+    ap.add_argument("--no-early-exit", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only re-render the tables and figures from anytime.json")
+    ap.add_argument("--exit-only", default=None, help="only (re)measure early exit with this criterion, added to --only's entries")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    path = ROOT / "benchmarks/results/anytime.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name, spec in CHECKPOINTS.items():
+        if args.render or (args.only is not None and name not in args.only):
+            continue
+        if not (ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt").is_file():
+            print(f"skip {name}: no checkpoint (train it: python train.py experiment={name} "
+                  f"hydra.run.dir=outputs/anytime/ckpt/{name})")
+            continue
+        r = results.setdefault(name, {})
+        ckpt = torch.load(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+        r["ckpt_step"] = {"trained": int(ckpt["global_step"]), "recipe": int(ckpt["elt_config"]["trainer"]["max_steps"])}
+        if args.exit_only:
+            done = [e for e in r.get("early_exit") or [] if e["criterion"] != args.exit_only]
+            r["early_exit"] = done + [early_exit(name, spec, r["pareto"]["metric"], args.exit_only, spec["exits"][args.exit_only])]
+        else:
+            r["pareto"] = slim(run_search(config(name, spec, paper_budget(name, spec))))
+            r["judge"] = judges.JUDGES[name.rsplit("_", 1)[0]].version  # the recipe the search was scored with
+            r["gain"] = best_gain(r["pareto"])
+        if not args.no_early_exit and not args.exit_only:
+            r["early_exit"] = [early_exit(name, spec, r["pareto"]["metric"], crit, taus) for crit, taus in spec["exits"].items()]
+        latest = json.loads(path.read_text()) if path.is_file() else {}  # another --only run may have written
+        results = {**latest, name: r}
+        write_text_atomic(path, json.dumps(results, indent=2, default=str))
+    write_text_atomic(ROOT / "benchmarks/results/anytime.md", render(results))
+    figures(results)
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()

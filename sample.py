@@ -1,0 +1,16 @@
+"""Sample a checkpoint under a compute budget. Example:
+python sample.py ckpt_path=outputs/run/checkpoints/last.ckpt budget.gflops=2 labels=[3,7] n=8"""
+import hydra
+from omegaconf import DictConfig
+
+from elt.cli import launch, run_cli
+from elt.sampling import sample_entry
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    run_cli(sample_entry, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)
