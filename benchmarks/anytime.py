@@ -100,7 +100,8 @@ def early_exit(name: str, spec: dict, metric: str, criterion: str, taus: list[fl
     p = search.point(int(sampler["steps"]), model.Lmax)
     family = "maskgit" if "maskgit" in type(model).__name__.lower() else "dit"
     named = None if criterion == schedules.EarlyExit.CRITERIA[family][0] else criterion  # the default stays unnamed
-    tau, table = calibrate_tau(search, p, taus, TARGET_LOSS, metric, spec["per_class"], named)
+    tau, table = calibrate_tau(search, p, taus, TARGET_LOSS, metric, spec["per_class"],
+                               {"criterion": named} if named else None)
     runs = {"off": [search.score(p, seed, s.samples_per_class) for seed in SEEDS]}
     rule = {"tau": tau, **({"criterion": named} if named else {})}
     runs["on"] = [search.score(p, seed, s.samples_per_class, rule) for seed in SEEDS] if tau > 0 else runs["off"]

@@ -103,3 +103,20 @@ def test_early_exit_search_calibrates_tau_and_reports_measured_gflops(tiny_run, 
     # Lmax=2: every sample "exits" at loop 2, its last, so nothing is saved and the head read at
     # loop 1 is paid on top: measured GFLOPs exceed the plan's, block applications are the plan's
     assert p["block_applications"] == 4 and p["gflops"] > p["gflops_plan"]
+
+
+def test_tau_calibration_stops_at_the_first_failing_tau_and_keeps_the_other_settings():
+    """A noisy pass beyond a failing τ is not taken; criterion and min_loops reach every τ's run."""
+    from elt.evaluation.pareto import calibrate_tau
+
+    fd = {None: 10.0, 0.1: 10.2, 0.2: 11.0, 0.3: 10.1}  # 0.2 fails a 5% target, 0.3 passes by noise
+    seen = []
+
+    class FakeSearch:
+        def score(self, p, seed, per_class, early_exit=None):
+            seen.append(early_exit)
+            return {"fd": fd[early_exit and early_exit["tau"]], "block_applications": 1.0}
+
+    tau, table = calibrate_tau(FakeSearch(), {}, [0.3, 0.1, 0.2], 0.05, "fd", 2, {"criterion": "kl", "min_loops": 3})
+    assert tau == 0.1 and [r["tau"] for r in table] == [0.0, 0.1, 0.2]
+    assert seen[1:] == [{"criterion": "kl", "min_loops": 3, "tau": 0.1}, {"criterion": "kl", "min_loops": 3, "tau": 0.2}]

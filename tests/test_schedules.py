@@ -68,6 +68,7 @@ def test_change_allocation_spends_loops_where_the_profile_changes_most():
     assert schedules.allocate(1.0, profile) == (1, 1, 1)
     assert schedules.allocate(2.0, profile) == (3, 1, 2)  # gains 0.9, 0.6, 0.5 in that order
     assert schedules.allocate(4.0, profile) == (4, 4, 4)
+    assert sum(schedules.allocate(1.5, profile)) == 5  # 4.5 loops round half up (not Python's round-half-even)
     with pytest.raises(schedules.ScheduleError, match=r"\[1, 4\]"):
         schedules.allocate(4.5, profile)
 

@@ -94,14 +94,14 @@ def name(spec) -> str:
 def allocate(mean: float, profile: Sequence[Sequence[float]], min_loops: int = 1) -> tuple[int, ...]:
     """Greedy: every step gets ``min_loops``; each further loop goes to the step whose next loop
     changes the prediction most (``profile[k][l-1]``: mean change from exit l to exit l+1 at step
-    k), until ``round(mean·steps)`` loops are spent. Ties go to the earlier step."""
+    k), until ⌊mean·steps + 0.5⌋ loops are spent. Ties go to the earlier step."""
     steps = len(profile)
     cap = min(len(row) for row in profile) + 1
     if not min_loops <= mean <= cap:
         raise ScheduleError(f"loop schedule change:{mean:g}: the mean must be in [{min_loops}, {cap}] "
                             f"(the change profile covers loops 1..{cap})")
     plan = [min_loops] * steps
-    for _ in range(round(mean * steps) - min_loops * steps):
+    for _ in range(math.floor(mean * steps + 0.5) - min_loops * steps):
         gains = [(profile[k][plan[k] - 1] if plan[k] < cap else -math.inf, -k) for k in range(steps)]
         best = max(range(steps), key=lambda k: gains[k])
         plan[best] += 1

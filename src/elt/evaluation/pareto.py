@@ -12,8 +12,9 @@ Every scored point is cached in ``points/`` under a hash of what determines it, 
 or widened search resumes (the same semantics as eval.py's ``loops/``).
 
 ``pareto.early_exit``: ``{tau: τ}`` samples every point with per-sample early exit, or
-``{target: 0.05}`` first calibrates τ on held-out draws (``calibrate_tau``): the largest τ of
-``pareto.taus`` whose Fréchet distance is within 5% of τ=0's. GFLOPs are then the measured ones.
+``{target: 0.05}`` first calibrates τ on held-out draws (``calibrate_tau``): scanning ``pareto.taus``
+upwards, the last τ before the first whose Fréchet distance is more than 5% above τ=0's. GFLOPs are
+then the measured ones.
 """
 from __future__ import annotations
 
@@ -112,18 +113,20 @@ class Search:
 
 
 def calibrate_tau(search: Search, p: dict, taus: list[float], target: float, metric: str, per_class: int,
-                  criterion: str | None = None) -> tuple[float, list[dict]]:
-    """The largest τ whose Fréchet distance on held-out draws (CALIBRATION_SEED, never an
-    evaluation seed) is at most (1 + target) × that of τ = 0. -> (τ, the calibration table)."""
+                  rule: dict | None = None) -> tuple[float, list[dict]]:
+    """τ from an increasing scan on held-out draws (CALIBRATION_SEED, never an evaluation seed):
+    the last τ before the first whose Fréchet distance exceeds (1 + target) × that of τ = 0, so a
+    noisy pass beyond a failing τ is never taken. ``rule``: the other early-exit settings
+    (criterion, min_loops), used for every τ. -> (τ, the calibration table)."""
     base = search.score(p, CALIBRATION_SEED, per_class)[metric]
     table, best = [{"tau": 0.0, metric: base, "relative": 1.0}], 0.0
     for tau in sorted(t for t in taus if t > 0):
-        rule = {"tau": float(tau), **({"criterion": criterion} if criterion else {})}
-        got = search.score(p, CALIBRATION_SEED, per_class, rule)
+        got = search.score(p, CALIBRATION_SEED, per_class, {**(rule or {}), "tau": float(tau)})
         table.append({"tau": float(tau), metric: got[metric], "relative": got[metric] / base,
                       "block_applications": got["block_applications"]})
-        if got[metric] <= (1 + target) * base:
-            best = float(tau)
+        if got[metric] > (1 + target) * base:
+            break
+        best = float(tau)
     return best, table
 
 
@@ -161,7 +164,14 @@ def run_search(cfg: DictConfig) -> dict:
             schedules.parse(spec)
         except schedules.ScheduleError as e:
             raise ConfigError(f"pareto.schedules: {e}") from None
+    for key in ("pareto.proxy_per_class", "pareto.candidates"):
+        v = OmegaConf.select(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key.endswith("class") else 0):
+            raise ConfigError(f"{key} must be an integer >= {1 if key.endswith('class') else 0}, got {v!r}")
     proxy_n, extra = int(pc.proxy_per_class), int(pc.candidates)
+    taus = _list(cfg, "pareto.taus", [])
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 for t in taus):
+        raise ConfigError(f"pareto.taus must be a list of numbers >= 0, got {taus!r}")
     out = Path(cfg.eval.output_dir)
     sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, prec, ranks, npz)
     search = Search(sweep, out)
@@ -200,10 +210,10 @@ def run_search(cfg: DictConfig) -> dict:
     calibration = None
     if ee is not None and "target" in ee:
         ref = max((p for p in paper if budget is None or p["gflops"] <= budget), key=lambda p: p["gflops"], default=within[0])
-        tau, table = calibrate_tau(search, ref, [float(t) for t in pc.taus], float(ee["target"]), metric, proxy_n * 2,
-                                   ee.get("criterion"))
+        rule = {k: v for k, v in ee.items() if k != "target"}  # criterion, min_loops: as the user gave them
+        tau, table = calibrate_tau(search, ref, [float(t) for t in taus], float(ee["target"]), metric, proxy_n * 2, rule)
         calibration = {"point": ref["name"], "target": float(ee["target"]), "tau": tau, "table": table}
-        ee = {"tau": tau, **({"criterion": ee["criterion"]} if ee.get("criterion") else {})}
+        ee = {**rule, "tau": tau}
 
     # 3. the real metric on the candidates, every seed
     scored = []
@@ -265,7 +275,7 @@ def front_figure(result: dict, title: str, ax=None):
     ax.plot([p["gflops"] for p in front], [p["quality"] for p in front], "-", color="C0", label="Pareto front")
     paper = sorted((p for p in scored if p["paper"]), key=lambda p: p["gflops"])
     ax.plot([p["gflops"] for p in paper], [p["quality"] for p in paper], "x--", color="C3", ms=8,
-            label="paper: fixed L, default steps")
+            label="paper: fixed L, default steps" + (" (+ early exit)" if result.get("early_exit") else ""))
     for p in paper:
         ax.annotate(f"L={p['plan'][0]}", (p["gflops"], p["quality"]), textcoords="offset points", xytext=(4, 4),
                     fontsize=7, color="C3")
