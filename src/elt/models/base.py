@@ -15,6 +15,12 @@ from elt.optim import param_groups
 from elt.resume import mix_seed
 
 
+def guide(both: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance uncond + s·(cond − uncond) of a [conditional; null-class] batch."""
+    cond, uncond = both.chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
 def lr_factor(step: int, total: int, warmup_steps: int = 0, kind: str = "cosine", min_lr_ratio: float = 0.0) -> float:
     """Learning-rate multiplier at ``step`` of ``total``: linear warmup, then cosine to
     ``min_lr_ratio`` (or constant). A function of step / total, so a longer run re-stretches it."""
@@ -178,10 +184,13 @@ class LoopedGenerativeModule(L.LightningModule):
         post = post or (lambda out, _: out.float())
         if cfg_scale == 1.0:
             return post(self.predict(inputs, loops, [loops])[0], inputs)
+        both = self.with_null_class(inputs)
+        return guide(post(self.predict(both, loops, [loops])[0], both), cfg_scale)
+
+    def with_null_class(self, inputs: dict) -> dict:
+        """The batch followed by its copy with every label replaced by the null class."""
         null = torch.full_like(inputs["labels"], self.num_classes)
-        both = {k: torch.cat([v, null if k == "labels" else v]) for k, v in inputs.items()}
-        cond, uncond = post(self.predict(both, loops, [loops])[0], both).chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
+        return {k: torch.cat([v, null if k == "labels" else v]) for k, v in inputs.items()}
 
     # ---- sampling helpers shared by families --------------------------------------------------
     def sampler_config(self, **overrides) -> dict:
@@ -212,10 +221,7 @@ class LoopedGenerativeModule(L.LightningModule):
         -> (prediction [B, ...], loops run [B], heads read [B])."""
         post = post or (lambda out, _: out.float())
         b, pair = len(inputs["labels"]), 1 if cfg_scale == 1.0 else 2
-        feed = inputs
-        if pair == 2:
-            null = torch.full_like(inputs["labels"], self.num_classes)
-            feed = {k: torch.cat([v, null if k == "labels" else v]) for k, v in inputs.items()}
+        feed = inputs if pair == 1 else self.with_null_class(inputs)
         x, cond = self.embed(feed)
         x0, mods, bb = x, self.backbone.modulations(cond), self.backbone
         dev = x.device
@@ -228,10 +234,7 @@ class LoopedGenerativeModule(L.LightningModule):
 
         def combine(raw, fed):
             p = post(raw, fed)
-            if pair == 1:
-                return p
-            cond_half, uncond = p.chunk(2)
-            return uncond + cfg_scale * (cond_half - uncond)
+            return p if pair == 1 else guide(p, cfg_scale)
 
         for loop in range(1, int(loops) + 1):
             x = bb.apply_loop(x, loop, mods, x0)

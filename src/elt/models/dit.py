@@ -156,9 +156,7 @@ class DiTELT(LoopedGenerativeModule):
     def predict(self, inputs, loops: int, exits: list[int]) -> list[torch.Tensor]:
         """One evaluation: raw outputs (in ``self.prediction`` terms) at every exit."""
         h, cond = self.embed(inputs)  # the conditioning once per evaluation, reused by every loop
-        states = self.backbone(h, loops=loops, exits=exits, cond=cond)
-        shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
-        return [self.unpatchify(self.final_linear(modulate(self.final_norm(s), shift, scale))) for s in states]
+        return [self.readout(s, cond) for s in self.backbone(h, loops=loops, exits=exits, cond=cond)]
 
     def embed(self, inputs):
         h = self.patch_embed(inputs["z"]).flatten(2).transpose(1, 2) + self.pos_embed
@@ -213,10 +211,11 @@ class DiTELT(LoopedGenerativeModule):
     # ---- sampling ------------------------------------------------------------------------------
     def denoise(self, z, t, labels, loops: int, cfg_scale: float) -> torch.Tensor:
         """x̂0 at one sampling step, guided; one network evaluation of 1 or 2 × the batch."""
-        def to_x0(out, inp):  # guidance is linear, so combining x̂0 equals combining ε̂ or v̂
-            return D.to_x0(out.float(), inp["z"], self.schedule.logsnr(inp["t"]), self.prediction)
+        return self.guided_predict({"z": z, "t": t, "labels": labels}, loops, cfg_scale, self.x0_of)
 
-        return self.guided_predict({"z": z, "t": t, "labels": labels}, loops, cfg_scale, to_x0)
+    def x0_of(self, out, inputs) -> torch.Tensor:
+        """A raw output as x̂0 for its inputs: guidance is linear, so combining x̂0 equals combining ε̂ or v̂."""
+        return D.to_x0(out.float(), inputs["z"], self.schedule.logsnr(inputs["t"]), self.prediction)
 
     def ema_weights(self, enabled: bool = True):
         """Context in which the parameters hold the EMA weights (a no-op without EMA)."""
@@ -242,9 +241,6 @@ class DiTELT(LoopedGenerativeModule):
         ran = torch.zeros(len(labels), max(steps, 0), dtype=torch.long, device=self.device)
         heads = torch.ones(len(labels), max(steps, 0), dtype=torch.long, device=self.device)
 
-        def to_x0(out, inp):
-            return D.to_x0(out.float(), inp["z"], self.schedule.logsnr(inp["t"]), self.prediction)
-
         def relative_change(prev, cur, idx):
             return (cur - prev).flatten(1).norm(dim=1) / cur.flatten(1).norm(dim=1).clamp_min(1e-12)
 
@@ -263,7 +259,7 @@ class DiTELT(LoopedGenerativeModule):
                 return self.denoise(z, t, labels, plan[i], cfg_scale)
             distance = noise_scaled_change(i) if criterion == "noise" else relative_change
             x0, ran[:, i], heads[:, i] = self.early_exit_predict(
-                {"z": z, "t": t, "labels": labels}, plan[i], cfg_scale, rule, distance, to_x0)
+                {"z": z, "t": t, "labels": labels}, plan[i], cfg_scale, rule, distance, self.x0_of)
             return x0
 
         with self.ema_weights(bool(cfg["ema"])):
