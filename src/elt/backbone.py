@@ -138,21 +138,14 @@ class LoopedBackbone(nn.Module):
         exits = [loops] if exits is None else list(exits)
         if loops < 1 or not exits or min(exits) < 1 or max(exits) > loops:
             raise ValueError(f"need 1 <= exits <= loops, got loops={loops}, exits={exits}")
-        if (cond is None) != (self.cond_dim is None):
-            raise ValueError("cond must be given exactly when the backbone was built with cond_dim")
-        mods = [blk.modulation_params(cond) for blk in self.blocks]  # once per network evaluation
+        mods = self.modulations(cond)  # once per network evaluation
         # recompute in backward only when there is a backward: eval and sampling run as before.
         # Non-reentrant: gradients reach the parameters and the shared modulation, and the RNG
         # state is replayed, so dropout masks (and hence outputs and gradients) are unchanged.
         recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         wanted, states, x0 = set(exits), {}, x
         for loop in range(1, max(exits) + 1):  # nothing after the last exit is computed
-            if self.input_injection and loop > 1:
-                x = x + x0
-            if self.loop_embed is not None:
-                x = x + self.loop_embed[min(loop, len(self.loop_embed)) - 1]
-            for blk, mod in zip(self.blocks, mods):
-                x = checkpoint(blk, x, mod, use_reentrant=False) if recompute else blk(x, mod)
+            x = self.apply_loop(x, loop, mods, x0, recompute)
             if loop in wanted:
                 states[loop] = x
         return [states[e] for e in exits]
@@ -165,17 +158,17 @@ class LoopedBackbone(nn.Module):
             raise ValueError("cond must be given exactly when the backbone was built with cond_dim")
         return [blk.modulation_params(cond) for blk in self.blocks]
 
-    def apply_loop(self, x: torch.Tensor, loop: int, mods: list, x0: torch.Tensor) -> torch.Tensor:
+    def apply_loop(self, x: torch.Tensor, loop: int, mods: list, x0: torch.Tensor,
+                   recompute: bool = False) -> torch.Tensor:
         """Loop number ``loop`` (1-based) on state ``x`` with the input ``x0``: the body of
-        ``forward``'s loop (inference only), so a caller can stop each sample at its own exit and
-        drop the finished rows between loops. ``forward`` applied loop by loop is this
-        (tests/test_early_exit.py checks it bit for bit)."""
+        ``forward``'s loop, public so that early exit can stop each sample at its own exit and
+        drop the finished rows between loops. ``recompute``: activation checkpointing per block."""
         if self.input_injection and loop > 1:
             x = x + x0
         if self.loop_embed is not None:
             x = x + self.loop_embed[min(loop, len(self.loop_embed)) - 1]
         for blk, mod in zip(self.blocks, mods):
-            x = blk(x, mod)
+            x = checkpoint(blk, x, mod, use_reentrant=False) if recompute else blk(x, mod)
         return x
 
     @staticmethod

@@ -207,3 +207,14 @@ class EarlyExit:
         if crit not in known:
             raise ScheduleError(f"early_exit.criterion {crit!r} is not one of {family}'s: {', '.join(known)}")
         return crit
+
+
+def check_specs(specs, key: str) -> None:
+    """Every spec of config list ``key`` parses, else one ConfigError line naming the key."""
+    from elt.config import ConfigError
+
+    for spec in specs:
+        try:
+            parse(spec)
+        except ScheduleError as e:
+            raise ConfigError(f"{key}: {e}") from None

@@ -120,11 +120,7 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
     if isinstance(specs, str) or not isinstance(specs, (list, ListConfig)):
         raise ConfigError(f"eval.schedules must be a list of loop schedules like [linear:1-4, step:4-2], got {specs!r}")
     specs = [OmegaConf.to_container(x) if isinstance(x, ListConfig) else x for x in specs]
-    for spec in specs:
-        try:
-            schedules.parse(spec)
-        except schedules.ScheduleError as err:
-            raise ConfigError(f"eval.schedules: {err}") from None
+    schedules.check_specs(specs, "eval.schedules")
     return Settings(
         schedules=specs,
         loops=parse_loops(e.loops, require_int(cfg, "eval.extra_loops", 0), lmax),

@@ -159,11 +159,7 @@ def run_search(cfg: DictConfig) -> dict:
     for key, values in (("pareto.seeds", seeds), ("pareto.steps", steps_list)):
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= (0 if key.endswith("seeds") else 1) for v in values):
             raise ConfigError(f"{key} must be a list of integers, got {values!r}")
-    for spec in specs:
-        try:
-            schedules.parse(spec)
-        except schedules.ScheduleError as e:
-            raise ConfigError(f"pareto.schedules: {e}") from None
+    schedules.check_specs(specs, "pareto.schedules")
     for key in ("pareto.proxy_per_class", "pareto.candidates"):
         v = OmegaConf.select(cfg, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key.endswith("class") else 0):
