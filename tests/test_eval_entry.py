@@ -323,3 +323,22 @@ def test_demo_checkpoint_is_usable_at_every_loop_count(tmp_path, eval_cache):
     lmax = max(fid)
     assert all(f <= 1.5 * fid[lmax] for f in fid.values()), fid
     assert fid[lmax] < trivial, (fid, trivial)
+
+
+def test_reconstruction_row_runs_the_floor_images_through_the_models_tokenizer(tiny_ckpt, eval_cache, tmp_path,
+                                                                                monkeypatch):
+    from elt.tokenizers import PixelTokenizer
+
+    def fds(out):
+        rows = evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1]", "eval.reconstruction_row=true"))["rows"]
+        by = {r["row"]: r for r in rows}
+        assert by["reconstructed"]["name"] == "reconstructed (val split)"
+        assert by["reconstructed"]["num_samples"] == by["real"]["num_samples"]
+        return {k: by[k]["fid_digits_cnn"] for k in ("real", "reconstructed", "trivial")}
+
+    clean = fds(tmp_path / "a")  # 17 gray levels lose almost nothing: the floor stays at the real row
+    assert abs(clean["reconstructed"] - clean["real"]) < 0.2 * (clean["trivial"] - clean["real"])
+    original = PixelTokenizer.decode
+    monkeypatch.setattr(PixelTokenizer, "decode", lambda self, t: original(self, t // 8 * 8))  # a lossy coder
+    lossy = fds(tmp_path / "b")
+    assert lossy["reconstructed"] > clean["reconstructed"] + 0.5 * (clean["trivial"] - clean["real"])

@@ -59,6 +59,7 @@ class Settings:
     reference_per_class: int | None = None  # reference statistics on at most this many items per class
     trivial_fit_items: int | None = None  # the trivial row's marginals from at most this many training items
     schedules: list = field(default_factory=list)  # loop schedules scored as rows beside the fixed-L ones
+    reconstruction_row: bool = False  # the stage-one floor: floor-split images through the model's tokenizer/autoencoder
 
 
 def parse_loops(spec, extra: int, lmax: int) -> list[int]:
@@ -138,6 +139,7 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
         seed=require_int(cfg, "seed", 0),
         progress=bool(e.get("progress", True)),
         reference_stats=reference_stats,
+        reconstruction_row=bool(e.get("reconstruction_row", False)),
         **optional,
     )
 
@@ -309,6 +311,8 @@ class LoopSweep:
         rows, ranks = [], self.ranks
         if self.s.reference_rows:
             rows.append(self.ref_rows.get_or_compute("ref_real", self.real_row, ranks))
+            if self.s.reconstruction_row:
+                rows.append(self.ref_rows.get_or_compute("ref_reconstructed", self.reconstruction_row, ranks))
             if self.trivial_tokenizer() is not None:
                 rows.append(self.ref_rows.get_or_compute("ref_trivial", self.trivial_row, ranks))
             elif ranks.main:
@@ -377,6 +381,21 @@ class LoopSweep:
         scored = self.score(lambda i: dataset_batch(floor, self.s.batch_size, i), len(floor), "real",
                             f"score real {self.s.floor_split}")
         return scored and make_row(f"real ({self.s.floor_split} split)", "real", len(floor), scored[0])
+
+    def reconstruction_row(self) -> dict | None:
+        """The stage-one floor (rFID's row): the floor row's images encoded and decoded by the model's
+        own tokenizer or autoencoder. No sampler can beat it by much, so a model row near it is limited
+        by stage one, not by the generator."""
+        coder = getattr(self.model, "tokenizer", None) or getattr(self.model, "autoencoder", None)
+        floor = balanced_subset(self.splits[self.s.floor_split], self.s.samples_per_class, self.model.num_classes)
+
+        def batch(i):
+            x, y = dataset_batch(floor, self.s.batch_size, i)
+            with torch.no_grad():
+                return coder.decode(coder.encode(x.to(self.device))).float().clamp(0, 1), y
+
+        scored = self.score(batch, len(floor), "reconstructed", f"score reconstructed {self.s.floor_split}")
+        return scored and make_row(f"reconstructed ({self.s.floor_split} split)", "reconstructed", len(floor), scored[0])
 
     def trivial_tokenizer(self):
         """The tokens of the trivial row: the model's own tokenizer, or for a latent/pixel model the
