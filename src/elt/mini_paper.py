@@ -45,6 +45,10 @@ ARMS = {  # name -> (label, train.py overrides); equal compute per sample at the
 ARM_LMAX = {"ilsd": LMAX, "vanilla": LMAX, "baseline": 1, "capacity": N * LMAX}
 FAMILIES = {"maskgit": ("MaskGIT-ELT", "vq", "fashion_mnist_vq"), "dit": ("DiT-ELT", "kl", "fashion_mnist_kl")}
 EXTRA_LOOPS = 2
+# eval.py's loop counts per arm: the ELT arms at 1..Lmax+2 (any-time and extrapolation claims); the baseline at
+# its one depth; the 1N arm at a spread up to its Lmax (its claim reads L=8; all of 1..10 would cost 2.6x)
+ARM_EVAL_LOOPS = {"ilsd": ("all", EXTRA_LOOPS), "vanilla": ("all", EXTRA_LOOPS), "baseline": ("[1]", 0),
+                  "capacity": (f"[1,2,4,6,{N * LMAX}]", 0)}
 SEEDS_FULL, SEEDS_QUICK = (0, 1, 2), (0,)
 SAMPLES_PER_CLASS = 50
 
@@ -89,9 +93,10 @@ def plan(runs: Path, quick: bool, raw_root: str = RAW_ROOT, samples_per_class: i
                 # the first evaluation trains and caches the judge and the reference statistics; the others read them
                 deps = [f"train_{fam}_{arm}_s{seed}", *([first_eval] if first_eval else [])]
                 first_eval = first_eval or f"eval_{fam}_{arm}_s{seed}"
+                loops, extra = ARM_EVAL_LOOPS[arm]
                 tasks.append(Task(f"eval_{fam}_{arm}_s{seed}", [
                     py, str(root / "eval.py"), f"ckpt_path={d / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={d / 'eval'}",
-                    "eval.loops=all", f"eval.extra_loops={EXTRA_LOOPS}", "eval.precision=32",
+                    f"eval.loops={loops}", f"eval.extra_loops={extra}", "eval.precision=32", "eval.reconstruction_row=true",
                     f"eval.samples_per_class={samples_per_class}", f"data.raw_root={raw_root}", "eval.progress=false",
                     "eval.grid_per_class=4"], d / ".eval.done", deps))
     return tasks
@@ -359,7 +364,8 @@ def report(runs: Path, out: Path, quick: bool, img_dir: Path | None = None) -> P
             lines += ["No finished evaluation yet.", ""]
             continue
         if refs:
-            lines += ["Reference rows (the same data and eval seed in every arm): "
+            lines += ["Reference rows (the same data and eval seed in every arm; *reconstructed* is the stage-one "
+                      "floor, real images through the tokenizer/autoencoder): "
                       + "; ".join(f"{k}: {fmt((*mean_std(v), len(v)))}" for k, v in refs.items()), ""]
         lines += [loops_table(arms), "", *power_warning(arms, refs)]
         img = figure(arms, f"{name} on Fashion-MNIST", out / f"mini_{'quick_' if quick else ''}{fam}_fd_vs_loops.png")
@@ -374,7 +380,7 @@ def report(runs: Path, out: Path, quick: bool, img_dir: Path | None = None) -> P
     if timings:
         lines += ["## Measured wall time (one thread per command)", "", "| command | seconds |", "|---|---|",
                   *[f"| {k} | {v:.0f} |" for k, v in timings.items()], ""]
-        lines += [budget_line(timings), ""]
+        lines += [budget_line(timings, quick=True), "", budget_line(timings), ""]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -393,27 +399,30 @@ def measured_times(runs: Path, raw_root: str = RAW_ROOT) -> dict:
     return out
 
 
-def budget_line(timings: dict, jobs: int = 2) -> str:
-    """The full run's wall time estimated from the measured commands: per family the stage one and
+def budget_line(timings: dict, quick: bool = False, jobs: int = 2) -> str:
+    """A mode's wall time estimated from the measured commands: per family the stage one and
     prepare once, every arm's train + eval per seed; an unmeasured command counts as the mean of the
     measured ones of its kind (train, eval, ...), spread over ``jobs`` parallel commands."""
     def mean_of(prefix):
         v = [s for k, s in timings.items() if k.startswith(prefix)]
         return sum(v) / len(v) if v else None
 
+    families, seeds = mode_settings(quick)
     total, guessed = 0.0, []
-    for fam, (_, kind, _) in FAMILIES.items():
-        names = [(f"stage_one_{kind}", "stage_one_", 1), (f"prepare_{fam}", "prepare_", 1)]
-        names += [(f"{step}_{fam}_{arm}", f"{step}_", len(SEEDS_FULL)) for arm in ARMS for step in ("train", "eval")]
-        for name, kind_prefix, count in names:
-            m = mean_of(name)
+    for fam in families:
+        kind = FAMILIES[fam][1]
+        names = [(f"stage_one_{kind}", "stage_one_"), (f"prepare_{fam}", "prepare_")]
+        names += [(f"{step}_{fam}_{arm}_s{seed}", f"{step}_") for arm in ARMS for seed in seeds for step in ("train", "eval")]
+        for name, kind_prefix in names:
+            m = timings.get(name)
             if m is None:
-                m = mean_of(kind_prefix) or 0.0
+                m = mean_of(name.rsplit("_s", 1)[0] if name.startswith(("train_", "eval_")) else name) or mean_of(kind_prefix) or 0.0
                 guessed.append(name)
-            total += m * count
+            total += m
     note = f"; unmeasured, counted as the mean of their kind: {', '.join(guessed)}" if guessed else ""
-    return (f"Full mini-paper estimate from these times: {total / 60:.0f} CPU-minutes of commands, about "
-            f"{total / jobs / 60:.0f} min wall at {jobs} parallel jobs (times measured on a shared, loaded machine{note}).")
+    mode = "MINI=quick" if quick else "Full mini-paper"
+    return (f"{mode} estimate from these times: {total / 60:.0f} CPU-minutes of commands, about "
+            f"{total / jobs / 60:.0f} min wall at {jobs} parallel jobs (as measured here, judge training excluded{note}).")
 
 
 def main(argv=None) -> int:
