@@ -173,6 +173,13 @@ def fmt(ms) -> str:
     return f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}"
 
 
+def fmt_ref(values: list[float]) -> str:
+    """A reference row over the seeds' evals: one number where they agree (the same images and seed),
+    a spread where a sampled encoder (the KL posterior) made them differ."""
+    m, s = mean_std(values)
+    return f"{m:.2f}" if not s or s < 0.005 else f"{m:.2f} ± {s:.2f}"
+
+
 def collect(runs: Path, families, seeds) -> dict:
     """{family: {arm: {L: [FD per seed]}}} plus the reference rows, from each run's results.json."""
     out = {}
@@ -366,7 +373,7 @@ def report(runs: Path, out: Path, quick: bool, img_dir: Path | None = None) -> P
         if refs:
             lines += ["Reference rows (the same data and eval seed in every arm; *reconstructed* is the stage-one "
                       "floor, real images through the tokenizer/autoencoder): "
-                      + "; ".join(f"{k}: {fmt((*mean_std(v), len(v)))}" for k, v in refs.items()), ""]
+                      + "; ".join(f"{k}: {fmt_ref(v)}" for k, v in refs.items()), ""]
         lines += [loops_table(arms), "", *power_warning(arms, refs)]
         img = figure(arms, f"{name} on Fashion-MNIST", out / f"mini_{'quick_' if quick else ''}{fam}_fd_vs_loops.png")
         if img_dir is not None:
