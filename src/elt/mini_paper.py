@@ -418,12 +418,14 @@ def budget_line(timings: dict, quick: bool = False, jobs: int = 2) -> str:
     total, guessed = 0.0, []
     for fam in families:
         kind = FAMILIES[fam][1]
-        names = [(f"stage_one_{kind}", "stage_one_"), (f"prepare_{fam}", "prepare_")]
-        names += [(f"{step}_{fam}_{arm}_s{seed}", f"{step}_") for arm in ARMS for seed in seeds for step in ("train", "eval")]
-        for name, kind_prefix in names:
+        # (command, its arm's other seeds, its kind): the fallbacks for an unmeasured command, in order
+        names = [(f"stage_one_{kind}", f"stage_one_{kind}", "stage_one_"), (f"prepare_{fam}", f"prepare_{fam}", "prepare_")]
+        names += [(f"{step}_{fam}_{arm}_s{seed}", f"{step}_{fam}_{arm}_", f"{step}_")
+                  for arm in ARMS for seed in seeds for step in ("train", "eval")]
+        for name, arm_prefix, kind_prefix in names:
             m = timings.get(name)
             if m is None:
-                m = mean_of(name.rsplit("_s", 1)[0] if name.startswith(("train_", "eval_")) else name) or mean_of(kind_prefix) or 0.0
+                m = mean_of(arm_prefix) or mean_of(kind_prefix) or 0.0
                 guessed.append(name)
             total += m
     note = f"; unmeasured, counted as the mean of their kind: {', '.join(guessed)}" if guessed else ""
