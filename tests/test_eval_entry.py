@@ -342,3 +342,32 @@ def test_reconstruction_row_runs_the_floor_images_through_the_models_tokenizer(t
     monkeypatch.setattr(PixelTokenizer, "decode", lambda self, t: original(self, t // 8 * 8))  # a lossy coder
     lossy = fds(tmp_path / "b")
     assert lossy["reconstructed"] > clean["reconstructed"] + 0.5 * (clean["trivial"] - clean["real"])
+
+
+def test_warm_caches_the_judge_and_references_that_an_eval_then_only_reads(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    from elt.evaluation import judges, warm
+
+    cache = tmp_path / "cache"  # empty: the warm-up has to train and compute, not find the session's caches
+    warm.main([f"paths.cache_dir={cache}", "data.batch_size=16"])
+    assert "digits_cnn: reference statistics of" in capsys.readouterr().out
+    made = {p: p.stat().st_mtime_ns for p in [*cache.glob("judges/*.pt"), *cache.glob("reference/*.npz")]}
+    assert len(made) == 2
+
+    def no_training(*a, **k):
+        raise AssertionError("the evaluation trained a judge the warm-up had cached")
+
+    monkeypatch.setattr(judges, "train_judge_pinned", no_training)
+    monkeypatch.setattr(judges, "train_judge", no_training)
+    rows = evaluate(eval_cfg(tiny_ckpt, tmp_path / "eval", cache, "eval.loops=[1]"))["rows"]
+    assert rows and {p: p.stat().st_mtime_ns for p in made} == made  # read, not rewritten
+
+
+def test_warm_names_a_bad_override_in_one_line(tmp_path, capsys):
+    from elt.evaluation import warm
+
+    for bad in (["experiment=no_such_experiment"], ["eval.batch_size=0"]):
+        with pytest.raises(SystemExit) as e:
+            warm.main([f"paths.cache_dir={tmp_path}", *bad])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith("error:") and "\n" not in err, err
+    assert not any(tmp_path.iterdir())  # refused before any work

@@ -3,6 +3,7 @@ paper give "reproduced", reversed ones "not reproduced"; the plan and the report
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,15 +70,28 @@ def test_one_seed_verdicts_are_provisional():
 def test_plan_quick_and_full(tmp_path):
     quick = mp.plan(tmp_path, quick=True)
     names = [t.name for t in quick]
-    assert names[:2] == ["stage_one_vq", "prepare_maskgit"] and len(names) == 2 + 2 * len(mp.ARMS)
+    assert names[:3] == ["stage_one_vq", "judge", "prepare_maskgit"] and len(names) == 3 + 2 * len(mp.ARMS)
+    # every training before any evaluation, the longest arm first
+    assert names[3:] == [f"{step}_maskgit_{arm}_s0" for step in ("train", "eval") for arm in mp.TRAIN_ORDER]
+    assert sorted(mp.TRAIN_ORDER) == sorted(mp.ARMS)
     ev = {t.name: t for t in quick}["eval_maskgit_vanilla_s0"]
-    assert ev.deps == ["train_maskgit_vanilla_s0", "eval_maskgit_ilsd_s0"]
+    assert ev.deps == ["train_maskgit_vanilla_s0", "judge"]
     assert "eval.extra_loops=2" in ev.cmd
     full = mp.plan(tmp_path, quick=False)
     trains = [t for t in full if t.name.startswith("train_")]
     assert len(trains) == 2 * len(mp.ARMS) * 3 and {t.name for t in full} >= {"stage_one_kl", "prepare_dit"}
     base = {t.name: t for t in full}["train_dit_baseline_s2"]
     assert {"N=8", "Lmax=1", "seed=2", "experiment=mini/fashion_dit", "ckpt_path=last"} <= set(base.cmd)
+
+
+def test_simulated_wall_follows_the_run_order():
+    T = mp.Task
+    tasks = [T("a", [], Path("a")), T("b", [], Path("b")), T("c", [], Path("c"), ["a"]), T("d", [], Path("d"), ["a", "b"])]
+    secs = {"a": 10, "b": 30, "c": 5, "d": 7}
+    # two slots: a and b at 0; c at 10 (ends 15); d waits for b until 30 (ends 37)
+    assert mp.simulated_wall(tasks, secs, jobs=2) == 37
+    assert mp.simulated_wall(tasks, secs, jobs=1) == 52 and mp.simulated_wall(tasks, secs, jobs=4) == 37
+    assert mp.fallbacks("eval_dit_ilsd_s2") == ["eval_dit_ilsd_", "eval_"] and mp.fallbacks("judge") == ["judge"]
 
 
 def write_results(runs, family, arm, seed, by_loop):

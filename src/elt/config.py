@@ -10,6 +10,19 @@ class ConfigError(ValueError):
     pass
 
 
+def compose(config_name: str, overrides=()) -> DictConfig:
+    """``configs/<config_name>.yaml`` with ``overrides`` as its entry point would see it, without a Hydra
+    run (``paths.output_dir``, which names the run's directory, stays unresolvable)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from elt.paper import repo_root  # (elt.paper imports this module)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(repo_root() / "configs"), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
 def require_int(cfg: DictConfig, key: str, minimum: int) -> int:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

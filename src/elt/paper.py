@@ -38,7 +38,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from elt.config import ConfigError
+from elt.config import ConfigError, compose
 from elt.tokenizers import Autoencoder, Tokenizer
 
 TOLERANCE = 0.05  # a row whose block parameters are further than this from the paper's fails the plan
@@ -244,12 +244,7 @@ def repo_root() -> Path:
 
 def compose_row(config: str, overrides=()) -> DictConfig:
     """The training config of ``experiment=paper/<config>`` as train.py would see it (no Hydra run)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(repo_root() / "configs"), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"experiment=paper/{config}", *overrides])
+    return compose("train", [f"experiment=paper/{config}", *overrides])
 
 
 def eval_spec(cfg: DictConfig) -> dict:

@@ -182,6 +182,29 @@ def build_extractors(names: list[str], cfg: DictConfig, train_cfg: DictConfig, d
     return out
 
 
+def judges_and_references(cfg: DictConfig, train_cfg: DictConfig, s: Settings, device: torch.device,
+                          num_classes: int, ranks: Ranks, npz: dict | None = None):
+    """-> (datamodule, extractors, {extractor: real statistics}): the judge trained and the statistics
+    computed on a cache miss (statistics on rank 0 only). Shared with ``elt.evaluation.warm``, which
+    fills these caches before evaluations that run side by side would each fill them."""
+    with ranks.main_first():  # rank 0 writes the data and judge caches, the others read them
+        datamodule = instantiate(train_cfg.data.module)
+        datamodule.setup()
+        extractors = [e.to(device) for e in build_extractors(s.extractors, cfg, train_cfg, datamodule)]
+    names = [e.name for e in extractors]
+    if npz is not None and "inception" not in names:
+        raise ConfigError(f"eval.reference_stats holds InceptionV3 statistics, but eval.extractors gives {names}; "
+                          "add inception to eval.extractors or set eval.reference_stats=null")
+    split = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}[s.reference_split]
+    references = {  # only rank 0 scores
+        e.name: npz if npz is not None and e.name == "inception" else reference_statistics(
+            e, split, f"{datamodule.name}_{s.reference_split}", judges.data_key(train_cfg.data.module),
+            cfg.paths.cache_dir, s.batch_size, device, per_class=s.reference_per_class, num_classes=num_classes)
+        for e in extractors
+    } if ranks.main else {}
+    return datamodule, extractors, references
+
+
 def gflops_per_sample(model, loops: int, sampler: dict) -> float:
     """Analytic: one network evaluation at ``loops`` loops × the evaluations a sample costs (every
     sampling step, twice under guidance). The x-axis of the efficiency frontier."""
@@ -266,24 +289,12 @@ class LoopSweep:
         self.model, self.train_cfg, self.s, self.sampler, self.device = model, train_cfg, s, sampler, device
         self.precision, self.ranks = sample_precision, ranks
         self.out_dir = Path(cfg.eval.output_dir)
-        with ranks.main_first():  # rank 0 writes the data and judge caches, the others read them
-            datamodule = instantiate(train_cfg.data.module)
-            datamodule.setup()
-            self.extractors = [e.to(device) for e in build_extractors(s.extractors, cfg, train_cfg, datamodule)]
+        datamodule, self.extractors, self.references = judges_and_references(
+            cfg, train_cfg, s, device, model.num_classes, ranks, npz)
         self.splits = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}
         self.video = len(datamodule.image_shape) == 4
         data_key = judges.data_key(train_cfg.data.module)
-        names = [e.name for e in self.extractors]
-        if npz is not None and "inception" not in names:
-            raise ConfigError(f"eval.reference_stats holds InceptionV3 statistics, but eval.extractors gives {names}; "
-                              "add inception to eval.extractors or set eval.reference_stats=null")
         self.npz = npz  # eval.reference_stats, loaded and checked by evaluate() before any work
-        self.references = {  # only rank 0 scores
-            e.name: self.npz if self.npz is not None and e.name == "inception" else reference_statistics(
-                e, self.splits[s.reference_split], f"{datamodule.name}_{s.reference_split}", data_key, cfg.paths.cache_dir,
-                s.batch_size, device, per_class=s.reference_per_class, num_classes=model.num_classes)
-            for e in self.extractors
-        } if ranks.main else {}
         self.labels = balanced_labels(model.num_classes, s.samples_per_class)
         step = max(1, model.num_classes // s.grid_max_classes)
         self.grid_classes = list(range(0, model.num_classes, step))[: s.grid_max_classes]
