@@ -450,7 +450,8 @@ def budget_line(timings: dict, quick: bool = False, jobs: int = 2) -> str:
         if seconds[t.name] is None:
             seconds[t.name] = next((m for m in map(mean_of, fallbacks(t.name)) if m is not None), 0.0)
             guessed.append(t.name)
-    note = f"; unmeasured, counted as the mean of their kind: {', '.join(guessed)}" if guessed else ""
+    named = f": {', '.join(guessed)}" if len(guessed) <= 4 else ""  # a full run estimated from a quick one: 42 of them
+    note = f"; {len(guessed)} unmeasured, counted as the mean of the measured ones they resemble{named}" if guessed else ""
     mode = "MINI=quick" if quick else "Full mini-paper"
     return (f"{mode} estimate from these times: {sum(seconds.values()) / 60:.0f} CPU-minutes of commands, about "
             f"{simulated_wall(tasks, seconds, jobs) / 60:.0f} min wall at {jobs} parallel jobs (scheduled as "
