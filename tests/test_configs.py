@@ -95,3 +95,23 @@ def test_cli_bad_value_is_one_line_and_nonzero_exit(tmp_path):
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
     assert lines[-1].startswith("error: ilsd.Lmin must be < Lmax"), proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("data", ["fashion_mnist", "image_folder", "imagenet", "ucf101"])
+def test_relocated_data_equal_data_configured_there(data, tmp_path):
+    """eval.py's data.raw_root moves every reader of a stored (resolved) run config, so the judge and
+    reference caches of a run evaluated elsewhere have the keys a run configured there would have."""
+    from omegaconf import OmegaConf
+
+    from elt.checkpoint import relocate_data
+    from elt.evaluation.judges import data_key
+
+    extra = ["data.num_classes=3"] if data == "image_folder" else []
+
+    def resolved(raw_root):
+        cfg = compose_cfg("train", [f"data={data}", f"data.raw_root={raw_root}", *extra], tmp_path)
+        return OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=True)})
+
+    moved = relocate_data(resolved("/trained/here"), raw_root="/evaluated/there")
+    assert "/trained/here" not in OmegaConf.to_yaml(moved)
+    assert data_key(moved.data.module) == data_key(resolved("/evaluated/there").data.module)

@@ -344,13 +344,16 @@ def test_reconstruction_row_runs_the_floor_images_through_the_models_tokenizer(t
     assert lossy["reconstructed"] > clean["reconstructed"] + 0.5 * (clean["trivial"] - clean["real"])
 
 
-def test_warm_caches_the_judge_and_references_that_an_eval_then_only_reads(tiny_ckpt, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("source", ["training overrides", "checkpoint"])
+def test_warm_caches_the_judge_and_references_that_an_eval_then_only_reads(source, tiny_ckpt, tmp_path, monkeypatch,
+                                                                           capsys):
     from elt.evaluation import judges, warm
 
     cache = tmp_path / "cache"  # empty: the warm-up has to train and compute, not find the session's caches
-    warm.main([f"paths.cache_dir={cache}", "data.batch_size=16"])
+    warm.main([f"paths.cache_dir={cache}", "data.batch_size=16" if source != "checkpoint" else f"ckpt_path={tiny_ckpt}"])
     assert "digits_cnn: reference statistics of" in capsys.readouterr().out
-    made = {p: p.stat().st_mtime_ns for p in [*cache.glob("judges/*.pt"), *cache.glob("reference/*.npz")]}
+    cached = lambda: {p: p.stat().st_mtime_ns for p in [*cache.glob("judges/*.pt"), *cache.glob("reference/*.npz")]}  # noqa: E731
+    made = cached()
     assert len(made) == 2
 
     def no_training(*a, **k):
@@ -359,7 +362,17 @@ def test_warm_caches_the_judge_and_references_that_an_eval_then_only_reads(tiny_
     monkeypatch.setattr(judges, "train_judge_pinned", no_training)
     monkeypatch.setattr(judges, "train_judge", no_training)
     rows = evaluate(eval_cfg(tiny_ckpt, tmp_path / "eval", cache, "eval.loops=[1]"))["rows"]
-    assert rows and {p: p.stat().st_mtime_ns for p in made} == made  # read, not rewritten
+    assert rows and cached() == made  # read, not rewritten, and no statistics under another key
+
+
+def test_warm_sends_each_override_to_its_config():
+    from elt.evaluation.warm import split_overrides
+
+    got = split_overrides(["experiment=x", "data.raw_root=/d", "eval.batch_size=8", "+eval.k=1", "paths.cache_dir=/c", "paths=alt"])
+    assert got == (["experiment=x", "data.raw_root=/d", "paths.cache_dir=/c", "paths=alt"],
+                   ["eval.batch_size=8", "+eval.k=1", "paths.cache_dir=/c", "paths=alt"])
+    with_ckpt = ["ckpt_path=/r/last.ckpt", "data.raw_root=/d", "eval.batch_size=8"]
+    assert split_overrides(with_ckpt) == (None, with_ckpt)  # eval.py's command line, as is
 
 
 def test_warm_names_a_bad_override_in_one_line(tmp_path, capsys):

@@ -3,6 +3,7 @@ paper give "reproduced", reversed ones "not reproduced"; the plan and the report
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,8 @@ def test_plan_quick_and_full(tmp_path):
     quick = mp.plan(tmp_path, quick=True)
     names = [t.name for t in quick]
     assert names[:3] == ["stage_one_vq", "judge", "prepare_maskgit"] and len(names) == 3 + 2 * len(mp.ARMS)
-    # every training before any evaluation, the longest arm first
-    assert names[3:] == [f"{step}_maskgit_{arm}_s0" for step in ("train", "eval") for arm in mp.TRAIN_ORDER]
-    assert sorted(mp.TRAIN_ORDER) == sorted(mp.ARMS)
+    # every training before any evaluation
+    assert names[3:] == [f"{step}_maskgit_{arm}_s0" for step in ("train", "eval") for arm in mp.ARMS]
     ev = {t.name: t for t in quick}["eval_maskgit_vanilla_s0"]
     assert ev.deps == ["train_maskgit_vanilla_s0", "judge"]
     assert "eval.extra_loops=2" in ev.cmd
@@ -92,6 +92,26 @@ def test_simulated_wall_follows_the_run_order():
     assert mp.simulated_wall(tasks, secs, jobs=2) == 37
     assert mp.simulated_wall(tasks, secs, jobs=1) == 52 and mp.simulated_wall(tasks, secs, jobs=4) == 37
     assert mp.fallbacks("eval_dit_ilsd_s2") == ["eval_dit_ilsd_", "eval_"] and mp.fallbacks("judge") == ["judge"]
+
+
+def test_a_failed_command_stops_only_what_needs_it(tmp_path, capsys):
+    py = [sys.executable, "-c"]
+    T = mp.Task
+    tasks = [T("bad", [*py, "raise SystemExit(3)"], tmp_path / "bad.done"),
+             T("needs_bad", [*py, "pass"], tmp_path / "needs_bad.done", ["bad"]),
+             T("good", [*py, "pass"], tmp_path / "good.done"),
+             T("after_good", [*py, "pass"], tmp_path / "after_good.done", ["good"])]
+    with pytest.raises(SystemExit) as e:
+        mp.run_tasks(tasks, jobs=1, log_dir=tmp_path / "logs")
+    assert str(e.value).startswith("error: bad failed") and "not started, as they need it: needs_bad" in str(e.value)
+    assert [t.done.is_file() for t in tasks] == [False, False, True, True]
+    assert "error: bad exited 3" in capsys.readouterr().out
+
+
+def test_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        mp.main(["plan", "--jobs", "0"])
+    assert "--jobs must be at least 1" in capsys.readouterr().err
 
 
 def write_results(runs, family, arm, seed, by_loop):

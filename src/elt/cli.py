@@ -15,10 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from elt.config import ConfigError
 
-USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, NotImplementedError)
+# MissingMandatoryValue: a ??? key left unset (data.num_classes=??? of an image folder)
+USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, NotImplementedError, MissingMandatoryValue)
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 ERROR_FILE = "error.txt"
 

@@ -49,7 +49,6 @@ EXTRA_LOOPS = 2
 # its one depth; the 1N arm at a spread up to its Lmax (its claim reads L=8; all of 1..10 would cost 2.6x)
 ARM_EVAL_LOOPS = {"ilsd": ("all", EXTRA_LOOPS), "vanilla": ("all", EXTRA_LOOPS), "baseline": ("[1]", 0),
                   "capacity": (f"[1,2,4,6,{N * LMAX}]", 0)}
-TRAIN_ORDER = ("capacity", "baseline", "ilsd", "vanilla")  # the longest trainings first (measured: 390, 353, 328, 318 s)
 SEEDS_FULL, SEEDS_QUICK = (0, 1, 2), (0,)
 SAMPLES_PER_CLASS = 50
 
@@ -72,8 +71,9 @@ def run_dir(runs: Path, family: str, arm: str, seed: int) -> Path:
 
 def plan(runs: Path, quick: bool, raw_root: str = RAW_ROOT, samples_per_class: int = SAMPLES_PER_CLASS) -> list[Task]:
     """Every command of the mini-paper, with what each waits for, in the order ``run_tasks`` starts
-    them when several are ready: stage one and the judge first, then every training (the longest
-    arms first: the last to start decides when the run ends), then the evaluations."""
+    them when several are ready: stage one and the judge first, then every training, then the
+    evaluations (an evaluation started before the last training would leave that training, the
+    longest command, to run alone at the end)."""
     root, py = repo_root(), sys.executable
     families, seeds = mode_settings(quick)
     first, prepares, trains, evals = [], [], [], []
@@ -87,12 +87,12 @@ def plan(runs: Path, quick: bool, raw_root: str = RAW_ROOT, samples_per_class: i
                                                 f"hydra.run.dir={runs / fam / 'prepare'}", "prepare.num_workers=0",
                                                 "prepare.batch_size=500"],
                              runs / "markers" / f"prepare_{fam}.done", [f"stage_one_{kind}"]))
-        for arm in TRAIN_ORDER:
+        for arm, (_, arm_overrides) in ARMS.items():
             loops, extra = ARM_EVAL_LOOPS[arm]
             for seed in seeds:
                 d = run_dir(runs, fam, arm, seed)
                 trains.append(Task(f"train_{fam}_{arm}_s{seed}", [
-                    py, str(root / "train.py"), exp, *ARMS[arm][1], f"seed={seed}", f"data.raw_root={raw_root}",
+                    py, str(root / "train.py"), exp, *arm_overrides, f"seed={seed}", f"data.raw_root={raw_root}",
                     f"hydra.run.dir={d}", "ckpt_path=last"], d / ".train.done", [f"prepare_{fam}"]))
                 evals.append(Task(f"eval_{fam}_{arm}_s{seed}", [
                     py, str(root / "eval.py"), f"ckpt_path={d / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={d / 'eval'}",
@@ -113,8 +113,9 @@ def startable(todo: dict[str, Task], finished: set[str], free: int) -> list[Task
 
 
 def run_tasks(tasks: list[Task], jobs: int, log_dir: Path) -> None:
-    """Runs what is not done, at most ``jobs`` at a time, each after its dependencies; stops
-    starting new ones after the first failure. Each ``.done`` marker holds its command's wall seconds."""
+    """Runs what is not done, at most ``jobs`` at a time, each after its dependencies. A failed
+    command stops only what needs it: the others go on, so a late failure costs no finished work.
+    Each ``.done`` marker holds its command's wall seconds."""
     env = {**os.environ, "ELT_ROOT": str(repo_root()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     todo = {t.name: t for t in tasks if not t.done.is_file()}
@@ -130,8 +131,9 @@ def run_tasks(tasks: list[Task], jobs: int, log_dir: Path) -> None:
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         running = {}
         while todo or running:
-            for t in startable(todo, finished, jobs - len(running)) if not failed else []:
-                print(f"+ {t.name}: {' '.join(t.cmd[1:])}", flush=True)
+            for t in startable(todo, finished, jobs - len(running)):
+                print(f"+ [{len(finished) + len(failed) + len(running) + 1}/{len(tasks)}] {t.name}: {' '.join(t.cmd[1:])}",
+                      flush=True)
                 running[pool.submit(launch, t)] = t
                 del todo[t.name]
             if not running:
@@ -149,7 +151,8 @@ def run_tasks(tasks: list[Task], jobs: int, log_dir: Path) -> None:
                 finished.add(t.name)
                 print(f"  {t.name} done in {secs:.0f} s", flush=True)
     if failed:
-        raise SystemExit(f"error: {', '.join(failed)} failed (logs in {log_dir}); rerun to resume")
+        blocked = f"; not started, as they need it: {', '.join(todo)}" if todo else ""
+        raise SystemExit(f"error: {', '.join(failed)} failed (logs in {log_dir}){blocked}; rerun to resume")
 
 
 # ---- numbers ------------------------------------------------------------------------------------
@@ -444,14 +447,16 @@ def budget_line(timings: dict, quick: bool = False, jobs: int = 2) -> str:
         return sum(v) / len(v) if v else None
 
     tasks = plan(Path("runs"), quick)
-    seconds, guessed = {}, []
+    seconds, guessed, unknown = {}, [], []
     for t in tasks:
         seconds[t.name] = timings.get(t.name)
         if seconds[t.name] is None:
-            seconds[t.name] = next((m for m in map(mean_of, fallbacks(t.name)) if m is not None), 0.0)
-            guessed.append(t.name)
+            seconds[t.name] = next((m for m in map(mean_of, fallbacks(t.name)) if m is not None), None)
+            (guessed if seconds[t.name] is not None else unknown).append(t.name)
+            seconds[t.name] = seconds[t.name] or 0.0
     named = f": {', '.join(guessed)}" if len(guessed) <= 4 else ""  # a full run estimated from a quick one: 42 of them
     note = f"; {len(guessed)} unmeasured, counted as the mean of the measured ones they resemble{named}" if guessed else ""
+    note += f"; unmeasured and counted as 0 s: {', '.join(unknown)}" if unknown else ""
     mode = "MINI=quick" if quick else "Full mini-paper"
     return (f"{mode} estimate from these times: {sum(seconds.values()) / 60:.0f} CPU-minutes of commands, about "
             f"{simulated_wall(tasks, seconds, jobs) / 60:.0f} min wall at {jobs} parallel jobs (scheduled as "
@@ -468,6 +473,8 @@ def main(argv=None) -> int:
     p.add_argument("--raw-root", default=RAW_ROOT)
     p.add_argument("--img-dir", help="also copy the plots here (docs/img)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     # quick and full share run directories: MINI=quick's runs are the full run's MaskGIT-ELT seed 0
     base = repo_root() / "outputs" / "mini_paper"
     out = Path(args.out or (base / "quick" if args.quick else base))

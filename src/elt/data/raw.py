@@ -294,9 +294,9 @@ class ImageFolderRaw(RawImages):
 
     name = "ImageFolder"
 
-    def __init__(self, root: str | Path, split: str | None = None, resolution: int = 256, flip: str = "none",
+    def __init__(self, raw_root: str | Path, split: str | None = None, resolution: int = 256, flip: str = "none",
                  skip_bad: bool = False, val_per_class: int = 0, split_seed: int = 0):
-        root = Path(root)
+        root = Path(raw_root)  # named like every reader's, so relocate_data moves it with the others
         if not root.is_dir():
             raise FileNotFoundError(f"ImageFolder: data.raw_root not found: {root}")
         self.root, self.split = root, split

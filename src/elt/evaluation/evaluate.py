@@ -502,6 +502,12 @@ def evaluate(cfg: DictConfig) -> dict:
         ranks.close()
 
 
+def stored_run(cfg: DictConfig):
+    """-> (model, training config) of ``cfg.ckpt_path``, its data moved to where eval's ``data.*`` say."""
+    model, train_cfg = load_run(cfg.ckpt_path)
+    return model, relocate_data(train_cfg, **{k: OmegaConf.select(cfg, f"data.{k}") for k in ("raw_root", "root")})
+
+
 def prepare(cfg: DictConfig, ranks: Ranks):
     """Every check and load before a sweep (shared with elt.evaluation.pareto): -> (model, train_cfg,
     settings, sampler, device, sampling precision, reference npz or None)."""
@@ -510,8 +516,7 @@ def prepare(cfg: DictConfig, ranks: Ranks):
     require_creatable_dir(cfg.eval.output_dir, "eval.output_dir")
     device = pick_device(cfg.eval.get("device", "auto"), ranks)
     sample_precision = precision.resolve(cfg.eval.get("precision", "auto"), device.type, "eval.precision")
-    model, train_cfg = load_run(cfg.ckpt_path)
-    train_cfg = relocate_data(train_cfg, **{k: OmegaConf.select(cfg, f"data.{k}") for k in ("raw_root", "root")})
+    model, train_cfg = stored_run(cfg)
     model.to(device)
     s = read_settings(cfg, model.Lmax, model.num_classes)
     if cfg.eval.sampler is not None and not OmegaConf.is_dict(cfg.eval.sampler):
