@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from statistics import median
 from pathlib import Path
 
 import torch
@@ -105,7 +106,8 @@ def early_exit(name: str, spec: dict, metric: str, criterion: str, taus: list[fl
     rule = {"tau": tau, **(exit_rule(model, criterion) or {})}
     runs["on"] = [search.score(p, seed, s.samples_per_class, rule) for seed in SEEDS] if tau > 0 else runs["off"]
     out = {"point": p["name"], "criterion": criterion, "tau": tau, "target_loss": TARGET_LOSS, "calibration": table,
-           "N": model.N, "judge": [judges.JUDGES[train_cfg.data.name].version]}
+           "N": model.N, "judge": [judges.JUDGES[train_cfg.data.name].version],
+           "wall": wall_pairs(model, sampler, device, rule, f"{name} {criterion}")}
     for k, rs in runs.items():
         out[k] = {key: mean_std([r[key] for r in rs]) for key in (metric, "block_applications", "gflops_measured",
                                                                  "seconds_per_sample")}
@@ -124,15 +126,12 @@ def exit_rule(model, criterion: str) -> dict | None:
     return None if criterion == schedules.EarlyExit.CRITERIA[family][0] else {"criterion": criterion}
 
 
-def wall_pairs(name: str, spec: dict, e: dict) -> dict:
+def wall_pairs(model, sampler: dict, device, rule: dict, label: str) -> dict | None:
     """Early exit's wall-time saving measured in interleaved pairs (off, on, off, on, ...) on one batch
     at the same point, so both sides of each ratio see the same machine load: the median pair ratio."""
-    if not e["tau"] > 0:
+    if not rule["tau"] > 0:
         return None  # calibration kept no early exit: on = off, nothing to time
-    cfg = config(name, spec, None)
-    model, _, _, sampler, device, _, _ = prepare(cfg, Ranks())
     labels = balanced_labels(model.num_classes, WALL_PER_CLASS).to(device)
-    rule = {"tau": e["tau"], **(exit_rule(model, e["criterion"]) or {})}
 
     def seconds(early_exit: dict | None) -> float:
         gen = torch.Generator(device=device).manual_seed(0)
@@ -146,12 +145,19 @@ def wall_pairs(name: str, spec: dict, e: dict) -> dict:
 
     seconds(None), seconds(rule)  # warm-up: allocator and kernels
     pairs = [(seconds(None), seconds(rule)) for _ in range(WALL_PAIRS)]
-    ratios = sorted(on / off for off, on in pairs)
-    mid = ratios[len(ratios) // 2]
-    print(f"{name} {e['criterion']}: early exit's wall-time ratio {mid:.3f} (pairs {[f'{r:.3f}' for r in ratios]})", flush=True)
-    return {"samples": len(labels), "pairs_s": pairs, "ratio_median": mid, "ratio_range": [ratios[0], ratios[-1]],
-            "off_s_per_sample": sorted(off for off, _ in pairs)[len(pairs) // 2] / len(labels),
-            "on_s_per_sample": sorted(on for _, on in pairs)[len(pairs) // 2] / len(labels)}
+    ratios = [on / off for off, on in pairs]
+    print(f"{label}: early exit's wall-time ratio {median(ratios):.3f} (pairs {sorted(f'{r:.3f}' for r in ratios)})", flush=True)
+    return {"samples": len(labels), "pairs_s": pairs, "ratio_median": median(ratios), "ratio_range": [min(ratios), max(ratios)],
+            "off_s_per_sample": median(off for off, _ in pairs) / len(labels),
+            "on_s_per_sample": median(on for _, on in pairs) / len(labels)}
+
+
+def remeasure_wall(name: str, spec: dict, entries: list[dict]) -> None:
+    """``--wall-pairs``: the pairs of finished early-exit entries again, e.g. on a machine that is now idle."""
+    model, _, _, sampler, device, _, _ = prepare(config(name, spec, None), Ranks())
+    for e in entries:
+        rule = {"tau": e["tau"], **(exit_rule(model, e["criterion"]) or {})}
+        e["wall"] = wall_pairs(model, sampler, device, rule, f"{name} {e['criterion']}")
 
 
 def slim(result: dict) -> dict:
@@ -230,12 +236,12 @@ def wall_cell(e: dict) -> str:
     """Early exit's wall time: from the interleaved pairs where measured, else from the scored runs."""
     w = e.get("wall")
     if w:
-        saving = 1 - w["ratio_median"]
-        return (f"{w['off_s_per_sample']:.2g} → {w['on_s_per_sample']:.2g} ({100 * abs(saving):.0f}% "
-                f"{'less' if saving >= 0 else 'more'}; pair ratios {w['ratio_range'][0]:.2f}–{w['ratio_range'][1]:.2f})")
-    saving = e["wall_saving"]
-    return (f"{fmt(e['off']['seconds_per_sample'], 2)} → {fmt(e['on']['seconds_per_sample'], 2)} "
-            f"({100 * abs(saving):.0f}% {'less' if saving >= 0 else 'more'}, not paired)")
+        off, on, saving = f"{w['off_s_per_sample']:.2g}", f"{w['on_s_per_sample']:.2g}", 1 - w["ratio_median"]
+        note = f"pair ratios {w['ratio_range'][0]:.2f}–{w['ratio_range'][1]:.2f}"
+    else:
+        off, on, saving = fmt(e["off"]["seconds_per_sample"], 2), fmt(e["on"]["seconds_per_sample"], 2), e["wall_saving"]
+        note = "not paired"
+    return f"{off} → {on} ({100 * abs(saving):.0f}% {'less' if saving >= 0 else 'more'}; {note})"
 
 
 def exit_runs(results: dict):
@@ -301,20 +307,16 @@ def main() -> None:
         ckpt = torch.load(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
         r["ckpt_step"] = {"trained": int(ckpt["global_step"]), "recipe": int(ckpt["elt_config"]["trainer"]["max_steps"])}
         if args.wall_pairs:
-            for e in r.get("early_exit") or []:
-                e["wall"] = wall_pairs(name, spec, e)
+            remeasure_wall(name, spec, r.get("early_exit") or [])
         elif args.exit_only:
             done = [e for e in r.get("early_exit") or [] if e["criterion"] != args.exit_only]
-            e = early_exit(name, spec, r["pareto"]["metric"], args.exit_only, spec["exits"][args.exit_only])
-            r["early_exit"] = done + [{**e, "wall": wall_pairs(name, spec, e)}]
+            r["early_exit"] = done + [early_exit(name, spec, r["pareto"]["metric"], args.exit_only, spec["exits"][args.exit_only])]
         else:
             r["pareto"] = slim(run_search(config(name, spec, paper_budget(name, spec))))
             r["judge"] = judges.JUDGES[name.rsplit("_", 1)[0]].version  # the recipe the search was scored with
             r["gain"] = best_gain(r["pareto"])
         if not args.no_early_exit and not args.exit_only and not args.wall_pairs:
             r["early_exit"] = [early_exit(name, spec, r["pareto"]["metric"], crit, taus) for crit, taus in spec["exits"].items()]
-            for e in r["early_exit"]:
-                e["wall"] = wall_pairs(name, spec, e)
         latest = json.loads(path.read_text()) if path.is_file() else {}  # another --only run may have written
         results = {**latest, name: r}
         write_text_atomic(path, json.dumps(results, indent=2, default=str))

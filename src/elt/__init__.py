@@ -19,5 +19,13 @@ def root_dir() -> str:
     return os.path.abspath(os.path.expanduser(root))
 
 
+def repo_root():
+    """The checkout (the configs/ beside src/), else ``root_dir()`` for an installed package."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[2]  # src/elt/__init__.py -> the checkout
+    return here if (here / "configs").is_dir() else Path(root_dir())
+
+
 # registered on import: train.py, eval.py and the tests import elt before Hydra resolves a config
 OmegaConf.register_new_resolver("elt.root", root_dir, replace=True)

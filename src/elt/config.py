@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from elt import repo_root
+
 from elt.positions import POS_INITS
 
 
@@ -16,7 +18,6 @@ def compose(config_name: str, overrides=()) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from elt.paper import repo_root  # (elt.paper imports this module)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(repo_root() / "configs"), version_base="1.3"):

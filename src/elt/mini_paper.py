@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elt.paper import repo_root
+from elt import repo_root
 
 METRIC = "fid_fashion_mnist_cnn"  # Fréchet distance in the Fashion-MNIST judge's features (not Inception FID)
 K_SE = 2.0        # a difference counts when |mean_a - mean_b| > K_SE * sqrt(s_a²/n_a + s_b²/n_b)
@@ -449,11 +449,11 @@ def budget_line(timings: dict, quick: bool = False, jobs: int = 2) -> str:
     tasks = plan(Path("runs"), quick)
     seconds, guessed, unknown = {}, [], []
     for t in tasks:
-        seconds[t.name] = timings.get(t.name)
-        if seconds[t.name] is None:
-            seconds[t.name] = next((m for m in map(mean_of, fallbacks(t.name)) if m is not None), None)
-            (guessed if seconds[t.name] is not None else unknown).append(t.name)
-            seconds[t.name] = seconds[t.name] or 0.0
+        m = timings.get(t.name)
+        if m is None:
+            m = next((v for v in map(mean_of, fallbacks(t.name)) if v is not None), None)
+            (guessed if m is not None else unknown).append(t.name)
+        seconds[t.name] = m or 0.0
     named = f": {', '.join(guessed)}" if len(guessed) <= 4 else ""  # a full run estimated from a quick one: 42 of them
     note = f"; {len(guessed)} unmeasured, counted as the mean of the measured ones they resemble{named}" if guessed else ""
     note += f"; unmeasured and counted as 0 s: {', '.join(unknown)}" if unknown else ""

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from elt import repo_root
 from elt.config import ConfigError, compose
 from elt.tokenizers import Autoencoder, Tokenizer
 
@@ -233,15 +234,6 @@ def apply_global_batch(cfg: DictConfig) -> int | None:
 
 
 # ---- composing rows ------------------------------------------------------------------------------
-def repo_root() -> Path:
-    here = Path(__file__).resolve().parents[2]  # src/elt/paper.py -> the checkout
-    if (here / "configs").is_dir():
-        return here
-    from elt import root_dir
-
-    return Path(root_dir())
-
-
 def compose_row(config: str, overrides=()) -> DictConfig:
     """The training config of ``experiment=paper/<config>`` as train.py would see it (no Hydra run)."""
     return compose("train", [f"experiment=paper/{config}", *overrides])

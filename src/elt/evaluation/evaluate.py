@@ -386,27 +386,30 @@ class LoopSweep:
         batch = lambda i: sampled_batch(sample, labels, self.s.batch_size, seed, self.device, i)  # noqa: E731
         return self.score(batch, len(labels), key, desc)
 
+    def floor_row(self, kind: str, transform=None) -> dict | None:
+        """The class-balanced floor-split images, through ``transform`` if given, scored as row ``kind``."""
+        floor = balanced_subset(self.splits[self.s.floor_split], self.s.samples_per_class, self.model.num_classes)
+
+        def batch(i):
+            x, y = dataset_batch(floor, self.s.batch_size, i)
+            if transform is None:
+                return x, y
+            with torch.no_grad():
+                return transform(x.to(self.device)), y
+
+        scored = self.score(batch, len(floor), kind, f"score {kind} {self.s.floor_split}")
+        return scored and make_row(f"{kind} ({self.s.floor_split} split)", kind, len(floor), scored[0])
+
     def real_row(self) -> dict | None:
         """The floor: real held-out images against the same reference set."""
-        floor = balanced_subset(self.splits[self.s.floor_split], self.s.samples_per_class, self.model.num_classes)
-        scored = self.score(lambda i: dataset_batch(floor, self.s.batch_size, i), len(floor), "real",
-                            f"score real {self.s.floor_split}")
-        return scored and make_row(f"real ({self.s.floor_split} split)", "real", len(floor), scored[0])
+        return self.floor_row("real")
 
     def reconstruction_row(self) -> dict | None:
         """The stage-one floor (rFID's row): the floor row's images encoded and decoded by the model's
         own tokenizer or autoencoder. No sampler can beat it by much, so a model row near it is limited
         by stage one, not by the generator."""
         coder = getattr(self.model, "tokenizer", None) or getattr(self.model, "autoencoder", None)
-        floor = balanced_subset(self.splits[self.s.floor_split], self.s.samples_per_class, self.model.num_classes)
-
-        def batch(i):
-            x, y = dataset_batch(floor, self.s.batch_size, i)
-            with torch.no_grad():
-                return coder.decode(coder.encode(x.to(self.device))).float().clamp(0, 1), y
-
-        scored = self.score(batch, len(floor), "reconstructed", f"score reconstructed {self.s.floor_split}")
-        return scored and make_row(f"reconstructed ({self.s.floor_split} split)", "reconstructed", len(floor), scored[0])
+        return self.floor_row("reconstructed", lambda x: coder.decode(coder.encode(x)).float().clamp(0, 1))
 
     def trivial_tokenizer(self):
         """The tokens of the trivial row: the model's own tokenizer, or for a latent/pixel model the
