@@ -80,16 +80,16 @@ TABLE_ARGS ?=
 TABLE := --scale $(TABLE_SCALE) --runs $(TABLE_RUNS) --out $(TABLE_OUT) $(TABLE_ARGS)
 
 paper-plan: install
-	$(PY) -m elt.paper plan
+	$(PY) -m elt.experiments.paper plan
 
 table-imagenet-maskgit: install
-	$(PY) -m elt.paper run imagenet_maskgit $(TABLE)
+	$(PY) -m elt.experiments.paper run imagenet_maskgit $(TABLE)
 
 table-imagenet-dit: install
-	$(PY) -m elt.paper run imagenet_dit $(TABLE)
+	$(PY) -m elt.experiments.paper run imagenet_dit $(TABLE)
 
 table-ucf101: install
-	$(PY) -m elt.paper run ucf101 $(TABLE)
+	$(PY) -m elt.experiments.paper run ucf101 $(TABLE)
 
 # Sampling throughput (batch 8) and peak training memory, ELT vs its same-scale baseline, interleaved
 # on whatever device is present; on a CPU at reduced width and tokens (benchmarks/results/throughput.md).
@@ -132,6 +132,6 @@ fashion-mnist-data:
 			echo "error: no Fashion-MNIST in $(FASHION_MNIST): $(FASHION_HOW)" >&2; exit 1; }; }
 
 mini-paper: install fashion-mnist-data
-	OMP_NUM_THREADS=1 $(PY) -m elt.mini_paper run $(if $(filter quick,$(MINI)),--quick,) --jobs $(MINI_JOBS) \
+	OMP_NUM_THREADS=1 $(PY) -m elt.experiments.mini_paper run $(if $(filter quick,$(MINI)),--quick,) --jobs $(MINI_JOBS) \
 		--raw-root $(FASHION_MNIST) --img-dir docs/img
 # ---- end mini-paper -----------------------------------------------------------------------------------

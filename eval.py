@@ -4,8 +4,8 @@ On several GPUs: torchrun --nproc_per_node=K eval.py ckpt_path=... (the same tab
 import hydra
 from omegaconf import DictConfig
 
-from elt.cli import launch, run_cli
-from elt.evaluation import evaluate
+from elt.runtime.cli import launch, run_cli
+from elt.jobs.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

@@ -5,8 +5,8 @@ On several GPUs: add trainer=ddp trainer.devices=8 (each rank writes its own sha
 import hydra
 from omegaconf import DictConfig
 
-from elt.cli import launch, run_cli
-from elt.prepare import prepare
+from elt.runtime.cli import launch, run_cli
+from elt.jobs.prepare import prepare
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="prepare")

@@ -3,8 +3,8 @@ python sample.py ckpt_path=outputs/run/checkpoints/last.ckpt budget.gflops=2 lab
 import hydra
 from omegaconf import DictConfig
 
-from elt.cli import launch, run_cli
-from elt.sampling import sample_entry
+from elt.runtime.cli import launch, run_cli
+from elt.jobs.sample import sample_entry
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")

@@ -2,8 +2,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from elt.cli import launch, run_cli
-from elt.train import train
+from elt.runtime.cli import launch, run_cli
+from elt.jobs.train import train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -42,7 +42,7 @@ ROWS = {  # name -> family, N, Lmax, batch, data shape (DiT: latent C,H,W with p
 
 def build(row: dict, checkpointing: bool):
     from elt.models import DiTELT, MaskGITELT
-    from elt.tokenizers import PixelAutoencoder, PixelTokenizer
+    from elt.encoders.tokenizers import PixelAutoencoder, PixelTokenizer
 
     torch.manual_seed(0)
     common = dict(num_classes=10, N=row["N"], Lmax=row["Lmax"], width=WIDTH, heads=HEADS, mlp_dim=4 * WIDTH,

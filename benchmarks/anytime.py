@@ -3,7 +3,7 @@
 For each checkpoint (digits and moving digits, MaskGIT-ELT and DiT-ELT, trained with the experiment
 configs into outputs/anytime/ckpt/<name>):
 
-1. the Pareto search (elt.evaluation.pareto) over sampling steps × loop schedules within the GFLOPs of
+1. the Pareto search (elt.jobs.pareto) over sampling steps × loop schedules within the GFLOPs of
    the paper's most expensive fixed-L point (L = Lmax at the config's steps), the real metric at 3
    sampling seeds; the paper's fixed-L points are scored on the same seeds;
 2. per-sample early exit on the paper's L = Lmax point: τ calibrated on held-out draws for a 5%
@@ -35,14 +35,14 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
-from elt import schedules  # noqa: E402
+from elt.core import schedules  # noqa: E402
 from elt.evaluation import judges  # noqa: E402
-from elt.evaluation.distributed import Ranks  # noqa: E402
-from elt.evaluation.evaluate import LoopSweep, balanced_labels, prepare  # noqa: E402
-from elt.evaluation.pareto import Search, calibrate_tau, front_figure, run_search  # noqa: E402
+from elt.runtime.distributed import Ranks  # noqa: E402
+from elt.jobs.evaluate import LoopSweep, balanced_labels, prepare  # noqa: E402
+from elt.jobs.pareto import Search, calibrate_tau, front_figure, run_search  # noqa: E402
 from elt.evaluation.plots import save_figure  # noqa: E402
-from elt.files import write_text_atomic  # noqa: E402
-from elt.sampling import run_lengths  # noqa: E402
+from elt.runtime.files import write_text_atomic  # noqa: E402
+from elt.samplers.budget import run_lengths  # noqa: E402
 
 SEEDS = [0, 1, 2]
 TARGET_LOSS = 0.05  # early exit: at most 5% Fréchet-distance cost on the calibration draws
@@ -81,7 +81,7 @@ def config(name: str, spec: dict, budget: float | None, extra=()):
 
 
 def paper_budget(name: str, spec: dict) -> float:
-    from elt.checkpoint import load_run
+    from elt.runtime.checkpoint import load_run
 
     model, _ = load_run(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt")
     sampler = model.sampler_config()
@@ -186,7 +186,7 @@ def render(results: dict) -> str:
     lines = ["# Any-time inference: loop schedules, Pareto search, early exit (`benchmarks/anytime.py`)", "",
              f"CPU, fp32 sampling, {len(SEEDS)} sampling seeds {SEEDS} (mean ± std). Quality = the Fréchet distance in the "
              "feature space of the dataset's domain judge (`fid_digits_cnn`, `fvd_moving_digits_cnn`: not Inception "
-             "FID/I3D FVD). GFLOPs/sample analytic (elt.schedules), early exit: measured from the loops actually run. "
+             "FID/I3D FVD). GFLOPs/sample analytic (elt.core.schedules), early exit: measured from the loops actually run. "
              f"Early exit's wall time: where measured, {WALL_PAIRS} interleaved off/on pairs on one batch ({WALL_PER_CLASS} per "
              "class) at the same point, so both sides of each ratio share the machine's load, and the saving is the median "
              "pair ratio's; rows marked *not paired* come from the scored runs, measured at different times. The fronts' "

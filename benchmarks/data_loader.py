@@ -34,7 +34,7 @@ from miniature import make_imagenet  # noqa: E402
 from elt.data.raw import ImageNetRaw  # noqa: E402
 from elt.data.shards import (RankShardWriter, ShardStream, encoder_fingerprint, merge_records, plan_rank,  # noqa: E402
                              stored_format)
-from elt.pretrained import DiffusersVQTokenizer  # noqa: E402
+from elt.encoders.pretrained import DiffusersVQTokenizer  # noqa: E402
 
 
 def tiny_vq(path: Path) -> DiffusersVQTokenizer:

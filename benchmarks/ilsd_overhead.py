@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from elt.models import MaskGITELT  # noqa: E402
-from elt.tokenizers import PixelAutoencoder, PixelTokenizer  # noqa: E402
+from elt.encoders.tokenizers import PixelAutoencoder, PixelTokenizer  # noqa: E402
 
 
 def build(family: str, width: int, N: int, Lmax: int):

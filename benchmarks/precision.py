@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from elt.models import MaskGITELT  # noqa: E402
-from elt.tokenizers import PixelTokenizer  # noqa: E402
+from elt.encoders.tokenizers import PixelTokenizer  # noqa: E402
 from ilsd_overhead import interleaved, markdown_table, ratio_cell, step_time, write_results  # noqa: E402  (same folder)
 
 

@@ -2,9 +2,9 @@
 
 The paper reports ELT / baseline sampling throughput at batch 8 of B 6N×2L 1.0×, L 8N×3L 2.9×, XL 7N×4L 3.3×,
 H 8N×4L 3.5× (an accelerator's gain from fewer weight transfers: N unique layers stay in cache across the L
-loops). The rows are elt.paper.THROUGHPUT, built from their experiment configs; ELT and baseline are timed
+loops). The rows are elt.experiments.paper.THROUGHPUT, built from their experiment configs; ELT and baseline are timed
 interleaved in one run (median and min–max over repetitions) on whatever device is present, bf16 autocast
-where the device has native bf16 (elt.precision). Modes:
+where the device has native bf16 (elt.runtime.precision). Modes:
 
 - ``full``: the configs as they are (256 tokens, 24 decoding steps); what a GPU should run;
 - ``reduced``: width / 8 (4 heads), an 8×8 token grid and 4 decoding steps, so a CPU finishes in minutes.
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from activation_memory import status_kib  # noqa: E402  (same folder)
 from ilsd_overhead import interleaved, markdown_table, write_results  # noqa: E402
 
-from elt import precision  # noqa: E402
-from elt.paper import THROUGHPUT, ShapeTokenizer, compose_row  # noqa: E402
+from elt.runtime import precision  # noqa: E402
+from elt.experiments.paper import THROUGHPUT, ShapeTokenizer, compose_row  # noqa: E402
 
 BATCH = 8
 REDUCED = {"width_divisor": 8, "heads": 4, "grid": (8, 8), "steps": 4}

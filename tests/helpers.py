@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from elt.models.maskgit import MaskGITELT
-from elt.tokenizers import PixelTokenizer
+from elt.encoders.tokenizers import PixelTokenizer
 
 
 def tiny_maskgit(N: int = 2, Lmax: int = 3, ilsd: bool = True, **kw) -> MaskGITELT:

@@ -225,8 +225,8 @@ def make_fashion_mnist(root, train_per_class: int = 6, test_per_class: int = 2, 
 def save_fashion_stand_ins(root) -> tuple[Path, Path]:
     """Untrained stage-one VQModel and AutoencoderKL of the fashion_mnist data config's shapes
     (7×7 tokens from 64 codes, 4×7×7 latents), saved as diffusers directories: what a config test
-    needs where ``python -m elt.stage_one`` has not run."""
-    from elt import stage_one
+    needs where ``python -m elt.experiments.stage_one`` has not run."""
+    from elt.experiments import stage_one
 
     out = []
     for kind in stage_one.KINDS:

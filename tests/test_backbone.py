@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from elt.backbone import LoopedBackbone
+from elt.core.backbone import LoopedBackbone
 
 
 def make(N=2, Lmax=3, **kw):

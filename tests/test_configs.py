@@ -8,7 +8,8 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
 from conftest import CONFIGS, ROOT, compose_cfg
-from elt.config import ConfigError, validate_train
+from elt.jobs.train import validate_train
+from elt.runtime.config import ConfigError
 from helpers import save_magvit_stand_in
 
 GROUPS = ["data", "model", "scale", "ilsd", "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
@@ -29,7 +30,7 @@ def test_every_group_option_composes(group, option, tmp_path):
 
         vq, vae = save_imagenet_stand_ins(tmp_path)
         cfg.data.tokenizer.path, cfg.data.autoencoder.path = str(vq), str(vae)
-    if cfg.data.name == "fashion_mnist":  # stage-one models (python -m elt.stage_one): untrained, same shapes
+    if cfg.data.name == "fashion_mnist":  # stage-one models (python -m elt.experiments.stage_one): untrained, same shapes
         from miniature import save_fashion_stand_ins
 
         vq, vae = save_fashion_stand_ins(tmp_path)
@@ -103,7 +104,7 @@ def test_relocated_data_equal_data_configured_there(data, tmp_path):
     reference caches of a run evaluated elsewhere have the keys a run configured there would have."""
     from omegaconf import OmegaConf
 
-    from elt.checkpoint import relocate_data
+    from elt.runtime.checkpoint import relocate_data
     from elt.evaluation.judges import data_key
 
     extra = ["data.num_classes=3"] if data == "image_folder" else []

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from elt import diffusion as D
-from elt.ema import EMA
+from elt.core import diffusion as D
+from elt.core.ema import EMA
 
 
 # ---- schedule ---------------------------------------------------------------------------------

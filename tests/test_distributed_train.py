@@ -42,7 +42,7 @@ def test_ddp_does_not_broadcast_the_ema(tmp_path):
     from torch.nn.parallel import DistributedDataParallel
 
     from elt.models.dit import DiTELT
-    from elt.tokenizers import PixelAutoencoder
+    from elt.encoders.tokenizers import PixelAutoencoder
 
     model = DiTELT(PixelAutoencoder((1, 8, 8)), num_classes=10, N=1, Lmax=2, width=32, heads=2, mlp_dim=64)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
@@ -58,8 +58,8 @@ def test_ddp_does_not_broadcast_the_ema(tmp_path):
 def test_fsdp_refuses_the_ema_in_one_line(train_cfg, capsys):
     import pytest
 
-    from elt.cli import run_cli
-    from elt.train import train
+    from elt.runtime.cli import run_cli
+    from elt.jobs.train import train
 
     with pytest.raises(SystemExit) as exc:
         run_cli(train, train_cfg("model=dit_elt", "trainer=fsdp"))

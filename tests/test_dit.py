@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from elt import diffusion as D
-from elt.checkpoint import load_run
+from elt.core import diffusion as D
+from elt.runtime.checkpoint import load_run
 from elt.models import DiTELT
-from elt.positions import sincos_1d, sincos_2d
-from elt.train import train
-from elt.tokenizers import PixelAutoencoder
+from elt.core.positions import sincos_1d, sincos_2d
+from elt.jobs.train import train
+from elt.encoders.tokenizers import PixelAutoencoder
 from helpers import CallCounter, digits_batch
 
 
@@ -287,7 +287,7 @@ def test_one_step_train_then_reload_and_sample(train_cfg):
 
 @pytest.mark.slow  # trains the digits judge in a fresh cache (~1-3 min on 2 cores)
 def test_one_step_train_then_evaluate_every_loop(train_cfg, tmp_path):
-    from elt.evaluation import evaluate
+    from elt.jobs.evaluate import evaluate
     from test_eval_entry import eval_cfg
 
     ckpt = one_step_checkpoint(train_cfg)

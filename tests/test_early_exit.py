@@ -4,8 +4,8 @@ import statistics
 import pytest
 import torch
 
-from elt import schedules
-from elt.backbone import LoopedBackbone
+from elt.core import schedules
+from elt.core.backbone import LoopedBackbone
 from helpers import tiny_maskgit
 from test_schedules import tiny_dit
 

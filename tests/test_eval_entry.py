@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, compose_cfg
-from elt.cli import run_cli
-from elt.evaluation import evaluate
+from elt.runtime.cli import run_cli
+from elt.jobs.evaluate import evaluate
 from elt.evaluation.extractors import FeatureExtractor, JudgeExtractor
 from elt.evaluation.scoring import Scorer
 from elt.models.maskgit import MaskGITELT
-from elt.train import train
+from elt.jobs.train import train
 from helpers import TinyI3D
 
 
@@ -167,7 +167,7 @@ def test_too_few_samples_per_class_for_the_is_splits_is_said_before_sampling(tin
         return original(model, *a, **k)
 
     monkeypatch.setattr(MaskGITELT, "sample", sample)
-    with caplog.at_level(logging.WARNING, logger="elt.evaluation.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="elt.jobs.evaluate"):
         result = evaluate(eval_cfg(tiny_ckpt, tmp_path / "eval", eval_cache, "eval.samples_per_class=1", "eval.loops=[1]",
                                    "eval.reference_rows=false"))
     rows = result["rows"]
@@ -213,7 +213,7 @@ def test_extractors_on_the_eval_device_sampling_precision_in_the_row_key(tiny_ck
     assert "sampled in bf16 autocast" in first["table"]
 
     seen["sample"].clear()
-    caplog.set_level(logging.INFO, logger="elt.precision")
+    caplog.set_level(logging.INFO, logger="elt.runtime.precision")
     second = evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1]", "eval.reference_rows=false",
                                "eval.precision=32", "eval.device=cpu"))
     assert seen["sample"] and all(s == (False, cpu) for s in seen["sample"])  # recomputed, not the bf16 row
@@ -327,7 +327,7 @@ def test_demo_checkpoint_is_usable_at_every_loop_count(tmp_path, eval_cache):
 
 def test_reconstruction_row_runs_the_floor_images_through_the_models_tokenizer(tiny_ckpt, eval_cache, tmp_path,
                                                                                 monkeypatch):
-    from elt.tokenizers import PixelTokenizer
+    from elt.encoders.tokenizers import PixelTokenizer
 
     def fds(out):
         rows = evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1]", "eval.reconstruction_row=true"))["rows"]
@@ -366,7 +366,7 @@ def test_warm_caches_the_judge_and_references_that_an_eval_then_only_reads(sourc
 
 
 def test_warm_sends_each_override_to_its_config():
-    from elt.evaluation.warm import split_overrides
+    from elt.jobs.warm import split_overrides
 
     got = split_overrides(["experiment=x", "data.raw_root=/d", "eval.batch_size=8", "+eval.k=1", "paths.cache_dir=/c", "paths=alt"])
     assert got == (["experiment=x", "data.raw_root=/d", "paths.cache_dir=/c", "paths=alt"],
@@ -376,7 +376,7 @@ def test_warm_sends_each_override_to_its_config():
 
 
 def test_warm_names_a_bad_override_in_one_line(tmp_path, capsys):
-    from elt.evaluation import warm
+    from elt.jobs import warm
 
     for bad in (["experiment=no_such_experiment"], ["eval.batch_size=0"]):
         with pytest.raises(SystemExit) as e:

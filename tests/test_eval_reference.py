@@ -7,17 +7,17 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from elt.checkpoint import load_run
-from elt.cli import run_cli
-from elt.config import ConfigError
-from elt.evaluation.evaluate import STANDARD_EXTRACTORS, evaluate
+from elt.runtime.checkpoint import load_run
+from elt.runtime.cli import run_cli
+from elt.runtime.config import ConfigError
+from elt.jobs.evaluate import STANDARD_EXTRACTORS, evaluate
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.extractors import FeatureExtractor
 from elt.evaluation.metrics import FeatureStats, frechet_distance
 from elt.evaluation.scoring import balanced_subset, load_reference_npz, reference_statistics
-from elt.pretrained import DiffusersVQTokenizer
-from elt.tokenizers import PixelTokenizer
-from elt.train import train
+from elt.encoders.pretrained import DiffusersVQTokenizer
+from elt.encoders.tokenizers import PixelTokenizer
+from elt.jobs.train import train
 from helpers import TinyI3D
 from test_eval_entry import eval_cfg, forbid_work, tiny_ckpt  # noqa: F401  (tiny_ckpt: a fixture)
 from test_pretrained import save_tiny_vq
@@ -157,7 +157,7 @@ def vq_ckpt(train_cfg, tmp_path):
     """MaskGIT-ELT on the digits through the real train(), its tokenizer a diffusers VQModel
     directory (1 channel, stride 2: a 4x4 grid of 16 codes)."""
     vq = save_tiny_vq(tmp_path / "weights" / "vq", in_channels=1, codes=16)
-    overrides = ["data.tokenizer._target_=elt.pretrained.DiffusersVQTokenizer", "~data.tokenizer.levels",
+    overrides = ["data.tokenizer._target_=elt.encoders.pretrained.DiffusersVQTokenizer", "~data.tokenizer.levels",
                  f"+data.tokenizer.path={vq}", "+data.tokenizer.vocab_size=16", "N=1", "Lmax=2", "trainer.max_steps=1"]
     return train(train_cfg(*overrides))["ckpt_path"]
 

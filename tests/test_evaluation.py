@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 
 from elt.evaluation import extractors as ex
 from elt.evaluation.baselines import IndependentTokens
-from elt.evaluation.evaluate import balanced_labels, gflops_per_sample, parse_loops, read_settings
+from elt.jobs.evaluate import balanced_labels, gflops_per_sample, parse_loops, read_settings
 from elt.evaluation.metrics import FeatureStats, frechet_distance, inception_score, precision_recall
 from elt.evaluation.plots import grid_array
 from elt.evaluation.scoring import Scorer, reference_statistics
-from elt.config import ConfigError
-from elt.tokenizers import PixelTokenizer
+from elt.runtime.config import ConfigError
+from elt.encoders.tokenizers import PixelTokenizer
 from helpers import TinyI3D, tiny_maskgit
 
 
@@ -268,7 +268,7 @@ def test_gflops_per_sample_counts_every_step_loop_and_guidance_maskgit(cfg_scale
 
 def test_gflops_per_sample_counts_every_step_loop_and_guidance_dit():
     from elt.models.dit import DiTELT
-    from elt.tokenizers import PixelAutoencoder
+    from elt.encoders.tokenizers import PixelAutoencoder
 
     torch.manual_seed(0)
     model = DiTELT(PixelAutoencoder((1, 8, 8)), num_classes=10, N=2, Lmax=3, width=32, heads=2, mlp_dim=64).eval()

@@ -21,8 +21,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from conftest import compose_cfg
-from elt.backbone import Block, Modulation, fsdp_wrap_policy
-from elt.optim import param_groups, split_decay
+from elt.core.backbone import Block, Modulation, fsdp_wrap_policy
+from elt.core.optim import param_groups, split_decay
 from helpers import digits_batch, tiny_maskgit
 
 FSDP_PREFIX = "_fsdp_wrapped_module."

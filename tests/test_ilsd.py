@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elt.ilsd import ILSDCallback, draw_lint, ilsd_objective, lambda_at
+from elt.core.ilsd import ILSDCallback, draw_lint, ilsd_objective, lambda_at
 from helpers import CallCounter, digits_batch, tiny_maskgit
 
 

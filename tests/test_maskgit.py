@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from elt.models.maskgit import cosine_schedule
-from elt.tokenizers import PixelTokenizer
+from elt.encoders.tokenizers import PixelTokenizer
 from helpers import digits_batch, tiny_maskgit
 
 
@@ -93,7 +93,7 @@ def test_flops_count_every_loop():
 
 def test_context_test_masks_fixed_subsets_and_scores_the_masked_tokens():
     import torch.nn.functional as F
-    from elt.evaluation.context import masked_loss
+    from elt.experiments.context import masked_loss
 
     model, batch = tiny_maskgit().eval(), digits_batch(8)
     out = masked_loss(model, batch["image"], batch["label"], ratios=(0.1, 1.0), loops=(1, 3))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from elt import mini_paper as mp
+from elt.experiments import mini_paper as mp
 
 
 def test_compare_uses_the_spread_of_the_seeds():
@@ -149,10 +149,11 @@ def test_two_stage_pipeline_end_to_end_on_miniature_idx(family, tmp_path, train_
     from conftest import compose_cfg
     from miniature import make_fashion_mnist
 
-    from elt import stage_one
-    from elt.evaluation import evaluate, judges
-    from elt.prepare import prepare
-    from elt.train import train
+    from elt.experiments import stage_one
+    from elt.evaluation import judges
+    from elt.jobs.evaluate import evaluate
+    from elt.jobs.prepare import prepare
+    from elt.jobs.train import train
 
     raw = make_fashion_mnist(tmp_path / "fm", train_per_class=6, test_per_class=1)
     _, kind, _ = mp.FAMILIES[family]

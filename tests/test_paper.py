@@ -12,9 +12,12 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CONFIGS, ROOT, compose_cfg
-from elt import paper, report
-from elt.config import ConfigError
-from elt.train import instantiate_group, resolved_config, train
+from elt.experiments import paper, report
+from elt.runtime.config import ConfigError
+from elt.jobs.train import resolved_config, train
+from elt.runtime.batch import apply_global_batch
+from elt.runtime.config import instantiate_group
+from elt.runtime.loggers import eval_logger_config
 
 PAPER_DIR = Path(CONFIGS) / "experiment" / "paper"
 
@@ -87,7 +90,7 @@ def test_plan_fails_when_a_row_is_perturbed(row, override, capsys):
 
 def test_models_build_on_meta_without_tokenizer_or_autoencoder_files():
     cfg = paper.compose_row("imagenet_elt_L_8Nx3L")
-    assert cfg.data.tokenizer._target_ != "elt.paper.ShapeTokenizer"  # the real (pretrained) tokenizer is configured
+    assert cfg.data.tokenizer._target_ != "elt.experiments.paper.ShapeTokenizer"  # the real (pretrained) tokenizer is configured
     model = paper.build_on_meta(cfg)
     assert (model.tokenizer.vocab_size, model.tokenizer.grid_shape) == (1024, (16, 16))
     assert next(model.parameters()).device.type == "meta"
@@ -100,15 +103,15 @@ def test_models_build_on_meta_without_tokenizer_or_autoencoder_files():
 def test_global_batch_sets_gradient_accumulation():
     cfg = paper.compose_row("imagenet_elt_L_8Nx3L", ["trainer=cpu", "data.batch_size=16", "+trainer.num_nodes=2",
                                                      "trainer.devices=4"])
-    assert paper.apply_global_batch(cfg) == 4 and cfg.trainer.accumulate_grad_batches == 4  # 512 / (16 × 4 × 2)
-    assert paper.apply_global_batch(cfg) == 4  # idempotent: the value it set is not a contradiction
+    assert apply_global_batch(cfg) == 4 and cfg.trainer.accumulate_grad_batches == 4  # 512 / (16 × 4 × 2)
+    assert apply_global_batch(cfg) == 4  # idempotent: the value it set is not a contradiction
     cfg.trainer.devices = [0, 1, 2]
     with pytest.raises(ConfigError, match=r"global_batch \(512\) must be a multiple .*\(16 x 3 x 2 = 96\)"):
-        paper.apply_global_batch(cfg)
+        apply_global_batch(cfg)
     cfg = paper.compose_row("imagenet_elt_L_8Nx3L", ["trainer=cpu", "data.batch_size=16", "+trainer.accumulate_grad_batches=3"])
     with pytest.raises(ConfigError, match="contradicts global_batch"):
-        paper.apply_global_batch(cfg)
-    assert paper.apply_global_batch(compose_cfg("train", [])) is None  # no global_batch: nothing changes
+        apply_global_batch(cfg)
+    assert apply_global_batch(compose_cfg("train", [])) is None  # no global_batch: nothing changes
 
 
 def test_smoke_row_trains_evaluates_renders_and_compares(judge_cache, tmp_path):
@@ -166,7 +169,7 @@ def test_wandb_groups_seeds_and_links_the_evaluation(tmp_path, monkeypatch):
     assert init["tags"] == ["demo", "2Nx4L", "ilsd_on", "seed3"]
     stored = OmegaConf.create(resolved_config(train_cfg))  # what a checkpoint carries
     eval_cfg = compose_cfg("eval", ["ckpt_path=x.ckpt", "logger=wandb"], tmp_path / "eval")
-    (elg,) = instantiate_group(report.eval_logger_config(eval_cfg, stored))
+    (elg,) = instantiate_group(eval_logger_config(eval_cfg, stored))
     e = elg._wandb_init
     assert e["group"] == init["group"] and e["job_type"] == "eval" and "seed3" in e["tags"] and "eval" in e["tags"]
     assert e["config"]["train"]["N"] == 2 and e["config"]["train"]["seed"] == 3
@@ -206,7 +209,7 @@ def test_a_paper_row_trains_on_miniature_imagenet_shards(row, model, train_cfg, 
     """A row's own config (data=imagenet, its optimiser, global batch, ILSD) on shards that prepare.py
     wrote from an ILSVRC-layout miniature with a diffusers VQModel / AutoencoderKL, shrunk only in
     width, resolution and steps: the table targets at paper scale read the data this way."""
-    from elt.prepare import prepare
+    from elt.jobs.prepare import prepare
     from miniature import make_imagenet
     from test_pretrained import save_tiny_kl, save_tiny_vq
 

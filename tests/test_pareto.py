@@ -4,10 +4,10 @@ import json
 import pytest
 
 from conftest import compose_cfg
-from elt.config import ConfigError
-from elt.evaluation.pareto import default_schedules, non_dominated, run_search
+from elt.runtime.config import ConfigError
+from elt.jobs.pareto import default_schedules, non_dominated, run_search
 from elt.models.maskgit import MaskGITELT
-from elt.train import train
+from elt.jobs.train import train
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_early_exit_search_calibrates_tau_and_reports_measured_gflops(tiny_run, 
 
 def test_tau_calibration_stops_at_the_first_failing_tau_and_keeps_the_other_settings():
     """A noisy pass beyond a failing τ is not taken; criterion and min_loops reach every τ's run."""
-    from elt.evaluation.pareto import calibrate_tau
+    from elt.jobs.pareto import calibrate_tau
 
     fd = {None: 10.0, 0.1: 10.2, 0.2: 11.0, 0.3: 10.1}  # 0.2 fails a 5% target, 0.3 passes by noise
     seen = []

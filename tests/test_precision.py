@@ -1,8 +1,8 @@
 """Precision follows the hardware: bf16 autocast only where the device computes bf16 natively."""
 import pytest
 
-from elt import precision
-from elt.config import ConfigError
+from elt.runtime import precision
+from elt.runtime.config import ConfigError
 
 
 @pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16"}, "bf16-mixed"), ({"amx_bf16"}, "bf16-mixed"),
@@ -24,7 +24,7 @@ def test_explicit_choices_are_kept_and_bad_ones_refused(monkeypatch):
 
 
 def test_train_resolves_auto_before_building_the_trainer(train_cfg, monkeypatch):
-    from elt.train import train
+    from elt.jobs.train import train
     import torch
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))

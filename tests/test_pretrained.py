@@ -9,10 +9,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, VQModel
 
-from elt.config import ConfigError
+from elt.runtime.config import ConfigError
 from elt.models.dit import DiTELT
 from elt.models.maskgit import MaskGITELT
-from elt.pretrained import DiffusersAutoencoderKL, DiffusersVQTokenizer
+from elt.encoders.pretrained import DiffusersAutoencoderKL, DiffusersVQTokenizer
 from helpers import CallCounter
 
 TINY = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,

@@ -14,8 +14,8 @@ import torch
 from omegaconf import open_dict
 
 from conftest import ROOT
-from elt.cli import run_cli
-from elt.train import train
+from elt.runtime.cli import run_cli
+from elt.jobs.train import train
 
 # 4 batches an epoch, so steps 3 and 5 are mid-epoch (the second one in the second epoch)
 SHORT = ["trainer.limit_train_batches=4", "trainer.val_check_interval=4", "logger=csv"]
@@ -101,7 +101,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(train_cfg, tmp_path, monke
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("elt.resume.torch.save", disk_full)
+    monkeypatch.setattr("elt.runtime.resume.torch.save", disk_full)
     with pytest.raises(ValueError, match=r"could not write checkpoint .*\.ckpt \(No space left on device\); the previous"):
         train(train_cfg("trainer.max_steps=4", "ckpt_path=last"))
     assert last.read_bytes() == before  # intact

@@ -1,4 +1,4 @@
-"""sample.py / elt.sampling: budgeted generation on a tiny checkpoint, and its one-line refusals."""
+"""sample.py / elt.samplers.budget: budgeted generation on a tiny checkpoint, and its one-line refusals."""
 import json
 import os
 import subprocess
@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, compose_cfg
-from elt import schedules
-from elt.checkpoint import load_run
-from elt.sampling import BudgetError, choose, generate, sample_entry
-from elt.train import train
+from elt.core import schedules
+from elt.runtime.checkpoint import load_run
+from elt.jobs.sample import sample_entry
+from elt.samplers.budget import BudgetError, choose, generate
+from elt.jobs.train import train
 from helpers import tiny_maskgit
 
 

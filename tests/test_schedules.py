@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from elt import schedules
-from elt.evaluation.evaluate import gflops_per_sample as fixed_l_gflops
-from elt.sampling import change_profile, resolve_schedule
+from elt.core import schedules
+from elt.jobs.evaluate import gflops_per_sample as fixed_l_gflops
+from elt.samplers.budget import change_profile, resolve_schedule
 from helpers import tiny_maskgit
 from test_dit import randomise_zero_init, tiny_dit as _tiny_dit
 
@@ -112,8 +112,8 @@ def test_gflops_are_flops_per_eval_summed_over_steps_and_doubled_by_guidance(fam
 def test_eval_schedules_are_validated_before_any_work():
     from omegaconf import OmegaConf
 
-    from elt.config import ConfigError
-    from elt.evaluation.evaluate import read_settings
+    from elt.runtime.config import ConfigError
+    from elt.jobs.evaluate import read_settings
     from conftest import compose_cfg
 
     cfg = compose_cfg("eval", ["ckpt_path=x", "eval.schedules=[linear:1-3,bad:2]"])
@@ -127,8 +127,8 @@ def test_eval_schedules_are_validated_before_any_work():
 def test_eval_scores_schedules_as_rows_beside_fixed_l(train_cfg, tmp_path):
     import json
 
-    from elt.evaluation import evaluate
-    from elt.train import train
+    from elt.jobs.evaluate import evaluate
+    from elt.jobs.train import train
 
     ckpt = train(train_cfg("N=1", "Lmax=2"))["ckpt_path"]
     out = tmp_path / "eval"

@@ -14,20 +14,20 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_cfg
-from elt.cli import run_cli
-from elt.config import ConfigError
+from elt.runtime.cli import run_cli
+from elt.runtime.config import ConfigError
 from elt.data.raw import ImageNetRaw
 from elt.data.shards import RankShardWriter, ShardStream, encoder_fingerprint, read_index, read_shard
-from elt.evaluation.evaluate import STANDARD_EXTRACTORS, evaluate
-from elt.prepare import prepare
-from elt.train import train
+from elt.jobs.evaluate import STANDARD_EXTRACTORS, evaluate
+from elt.jobs.prepare import prepare
+from elt.jobs.train import train
 from helpers import TinyI3D
 from miniature import make_image_folder, make_imagenet, make_ucf101
 from test_eval_entry import eval_cfg
 from test_eval_reference import StandInInception
 from test_pretrained import save_tiny_kl, save_tiny_vq
 
-PIXEL_TOKENS = ["data.tokenizer._target_=elt.tokenizers.PixelTokenizer", "~data.tokenizer.path",
+PIXEL_TOKENS = ["data.tokenizer._target_=elt.encoders.tokenizers.PixelTokenizer", "~data.tokenizer.path",
                 "~data.tokenizer.vocab_size", "~data.tokenizer.grid_shape", "+data.tokenizer.levels=17"]
 SMALL = ["prepare.batch_size=5", "prepare.num_workers=0", "trainer.enable_progress_bar=false"]
 
@@ -114,10 +114,10 @@ def test_videos_to_kl_latents_to_dit_to_eval(tmp_path, train_cfg, monkeypatch):
     kl = save_tiny_kl(tmp_path / "kl")
     data = ["data=ucf101", "model=dit_elt", f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}",
             "data.frames=4", "data.resolution=16", "data.num_classes=2", "data.num_workers=0",
-            "data.autoencoder._target_=elt.pretrained.DiffusersAutoencoderKL", f"data.autoencoder.path={kl}",
+            "data.autoencoder._target_=elt.encoders.pretrained.DiffusersAutoencoderKL", f"data.autoencoder.path={kl}",
             "data.autoencoder.latent_shape=[4,4,8,8]", "~data.autoencoder.scale",
             # the trivial reference row decodes data.tokenizer's tokens: pixels here, not a MAGVIT file
-            "data.tokenizer._target_=elt.tokenizers.PixelTokenizer", "~data.tokenizer.path", "~data.tokenizer.vocab_size",
+            "data.tokenizer._target_=elt.encoders.tokenizers.PixelTokenizer", "~data.tokenizer.path", "~data.tokenizer.vocab_size",
             "~data.tokenizer.grid_shape", "~data.tokenizer.how_to_get", "+data.tokenizer.levels=17"]
     result = prepare(prepare_cfg(tmp_path, data, "prepare.shard_size=2"))
     s = result["train"]["settings"]
@@ -140,7 +140,7 @@ def test_images_to_kl_latents_to_dit_to_eval_with_the_raw_data_moved(imagenet, t
     data.raw_root, and needs no VQ tokenizer (the trivial row is the token models')."""
     kl = save_tiny_kl(tmp_path / "kl")  # 16x16 images -> 4x8x8 latents
     data = image_data(imagenet, tmp_path / "shards", "model=dit_elt", "data.resolution=16",
-                      "data.autoencoder._target_=elt.pretrained.DiffusersAutoencoderKL", f"data.autoencoder.path={kl}",
+                      "data.autoencoder._target_=elt.encoders.pretrained.DiffusersAutoencoderKL", f"data.autoencoder.path={kl}",
                       "data.autoencoder.latent_shape=[4,8,8]")
     result = prepare(prepare_cfg(tmp_path, data))
     s = result["train"]["settings"]
@@ -178,7 +178,7 @@ def test_videos_to_vq_tokens_frame_by_frame_to_maskgit_to_eval(tmp_path, train_c
     vq = save_tiny_vq(tmp_path / "vq")  # stride 2: 8x8 frames -> 4x4 tokens from 32 codes
     data = ["data=ucf101", "model=maskgit_elt", f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}",
             "data.frames=3", "data.resolution=8", "data.num_classes=2", "data.num_workers=0",
-            "data.tokenizer._target_=elt.pretrained.DiffusersVQTokenizer", f"data.tokenizer.path={vq}",
+            "data.tokenizer._target_=elt.encoders.pretrained.DiffusersVQTokenizer", f"data.tokenizer.path={vq}",
             "data.tokenizer.vocab_size=32", "data.tokenizer.grid_shape=[3,4,4]"]
     result = prepare(prepare_cfg(tmp_path, data, "prepare.shard_size=2"))
     s = result["train"]["settings"]
@@ -376,7 +376,7 @@ def test_training_refuses_shards_of_another_family_or_encoder(imagenet, tmp_path
     data = image_data(imagenet, tmp_path / "shards", *PIXEL_TOKENS)
     prepare(prepare_cfg(tmp_path, data, "prepare.splits=[train]"))
     for more, words in ((["data.tokenizer.levels=9"], "the model's PixelTokenizer is"),
-                        (["model=dit_elt", "data.autoencoder._target_=elt.tokenizers.PixelAutoencoder",
+                        (["model=dit_elt", "data.autoencoder._target_=elt.encoders.tokenizers.PixelAutoencoder",
                           "~data.autoencoder.path", "~data.autoencoder.latent_shape"], "holds tokens but DiTELT")):
         with pytest.raises(SystemExit):
             run_cli(train, train_cfg(*data, "data.batch_size=2", *more))
@@ -443,7 +443,7 @@ def test_the_three_entry_points_from_the_command_line(tmp_path):
     torch.jit.script(TinyI3D()).save(str(weights))
     data = ["data=ucf101", "model=maskgit_elt", f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}",
             "data.frames=2", "data.resolution=8", "data.num_classes=2", "data.num_workers=0",
-            "data.tokenizer._target_=elt.pretrained.DiffusersVQTokenizer", f"data.tokenizer.path={vq}",
+            "data.tokenizer._target_=elt.encoders.pretrained.DiffusersVQTokenizer", f"data.tokenizer.path={vq}",
             "data.tokenizer.vocab_size=32", "data.tokenizer.grid_shape=[2,4,4]", f"paths.cache_dir={tmp_path / 'cache'}"]
     cli("prepare.py", *data, "prepare.shard_size=2", "prepare.num_workers=0", f"hydra.run.dir={tmp_path / 'prep'}")
     assert read_index(tmp_path / "shards" / "train")["complete"]

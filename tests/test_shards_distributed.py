@@ -12,7 +12,7 @@ from elt.data.raw import ImageNetRaw
 from elt.data.shards import read_index, read_shard
 from miniature import make_imagenet
 
-PIXEL_TOKENS = ["data.tokenizer._target_=elt.tokenizers.PixelTokenizer", "~data.tokenizer.path",
+PIXEL_TOKENS = ["data.tokenizer._target_=elt.encoders.tokenizers.PixelTokenizer", "~data.tokenizer.path",
                 "~data.tokenizer.vocab_size", "~data.tokenizer.grid_shape", "+data.tokenizer.levels=17"]
 
 

@@ -1,5 +1,5 @@
 """Stage one on miniature Fashion-MNIST IDX files: the saved diffusers models load through
-elt.pretrained with the data config's shapes, training is deterministic and cached, and prepare.py
+elt.encoders.pretrained with the data config's shapes, training is deterministic and cached, and prepare.py
 encodes the raw reader with them into shards."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from conftest import compose_cfg
 from hydra.utils import instantiate
 from miniature import make_fashion_mnist
 
-from elt import stage_one
+from elt.experiments import stage_one
 from elt.data.fashion_mnist import FashionMNISTRaw
-from elt.pretrained import DiffusersAutoencoderKL, DiffusersVQTokenizer
-from elt.prepare import prepare
+from elt.encoders.pretrained import DiffusersAutoencoderKL, DiffusersVQTokenizer
+from elt.jobs.prepare import prepare
 
 TINY = dict(val_per_class=2, val_items=8, batch_size=8)
 

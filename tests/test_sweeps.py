@@ -12,8 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from conftest import CONFIGS, ROOT, compose_cfg
-from elt import cli
-from elt.config import ConfigError
+from elt.runtime import cli
+from elt.runtime.config import ConfigError
 
 TINY = ["debug=fdr", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "data.batch_size=16",
         "trainer.enable_progress_bar=false"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import CONFIGS
-from elt.checkpoint import load_run
-from elt.train import train
+from elt.runtime.checkpoint import load_run
+from elt.jobs.train import train
 
 MODELS = sorted(p.stem for p in (Path(CONFIGS) / "model").glob("*.yaml"))
 # experiments on the embedded data run here; the real-data ones (ucf101_*) are shape-checked in test_video.py

@@ -8,11 +8,11 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_cfg
-from elt.cli import run_cli
+from elt.runtime.cli import run_cli
 from elt.data.moving_digits import DIRECTIONS, MovingDigitsDataModule, moving_digits_split, trajectory
 from elt.models.maskgit import MaskGITELT
-from elt.tokenizers import PixelTokenizer, ScriptedTokenizer
-from elt.train import train
+from elt.encoders.tokenizers import PixelTokenizer, ScriptedTokenizer
+from elt.jobs.train import train
 from helpers import save_magvit_stand_in, save_video_vae_stand_in
 
 SMALL = dict(frames=3, canvas=10, videos_per_image=1)

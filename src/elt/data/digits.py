@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from elt.config import ConfigError
+from elt.runtime.config import ConfigError
 from elt.data.sampler import ResumablePosition, ResumableSampler
 
 

@@ -2,7 +2,7 @@
 /usr/share/datasets/fashion-mnist): 70k 28×28 gray images of 10 clothing classes.
 
 ``FashionMNISTRaw`` is a raw reader like those of ``elt.data.raw``: prepare.py encodes it into
-shards with the VQ tokenizer / KL autoencoder that ``elt.stage_one`` trains, and evaluation reads
+shards with the VQ tokenizer / KL autoencoder that ``elt.experiments.stage_one`` trains, and evaluation reads
 its real images. Splits: ``train`` is the 60k training file minus ``val_per_class`` images per
 class (drawn with ``split_seed``), ``val`` those held-out images (the split to tune on), ``test``
 the 10k t10k file (the split the mini-paper reports on).

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from elt.data.digits import InMemoryDataModule, digits_split
-from elt.files import atomic_path, fingerprint
+from elt.runtime.files import atomic_path, fingerprint
 
 log = logging.getLogger(__name__)
 

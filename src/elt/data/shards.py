@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from elt.config import ConfigError
-from elt.files import file_fingerprint, fingerprint, write_text_atomic
+from elt.runtime.config import ConfigError
+from elt.runtime.files import file_fingerprint, fingerprint, write_text_atomic
 from elt.data.sampler import ResumablePosition
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,1 @@
-"""Any-time evaluation: every loop count of a checkpoint scored against real data (FID/IS/FVD,
-conditional accuracy, GFLOPs, wall time), as a table, plots, grids and logger entries."""
-from elt.evaluation.evaluate import evaluate
-
-__all__ = ["evaluate"]
+"""Scoring generated samples against real data: feature extractors, judges, metrics, the per-loop sweep, tables and plots."""

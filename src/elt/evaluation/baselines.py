@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from elt.tokenizers import Tokenizer
+from elt.encoders.tokenizers import Tokenizer
 
 
 class IndependentTokens:

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from elt.evaluation.judges import single_thread
-from elt.files import file_fingerprint
-from elt.tokenizers import require_local_file
+from elt.runtime.devices import single_thread
+from elt.runtime.files import file_fingerprint
+from elt.runtime.files import require_local_file
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF weights
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import trange
 
 from elt.data.moving_digits import DIRECTIONS
-from elt.files import atomic_path, fingerprint
+from elt.runtime.devices import single_thread
+from elt.runtime.files import atomic_path, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -172,18 +173,6 @@ def accuracy(net: nn.Module, dataset, target: str = "label", batch_size: int = 5
         correct += (predictions(net, batch["image"], target).argmax(1) == batch[target]).sum().item()
         total += len(batch[target])
     return correct / total
-
-
-@contextmanager
-def single_thread():
-    """Kernels this small gain nothing from threads, and on a busy machine OpenMP workers waiting
-    for each other made judge training 10x slower (64 s vs 6 s for 3 epochs on 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager

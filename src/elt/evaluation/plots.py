@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elt.files import atomic_path
+from elt.runtime.files import atomic_path
 
 log = logging.getLogger(__name__)
 MIN_CELL_PIXELS = 64  # 8×8 digits are upscaled (nearest neighbour) to stay visible
@@ -112,7 +112,7 @@ def quality_figure(rows: list[dict], metrics: list[str], x: str, xlabel: str, ti
     model = sorted((r for r in rows if r["row"] == "model"), key=lambda r: r["loops"])
     refs = [r for r in rows if r["row"] != "model"]
     for ax, m in zip(axes[0], metrics):
-        good = [r for r in model if _finite(r.get(m)) and _finite(r.get(x))]
+        good = [r for r in model if finite(r.get(m)) and finite(r.get(x))]
         if good:
             ax.plot([r[x] for r in good], [r[m] for r in good], "-", color="C0", zorder=1)
             for beyond, face, label in ((False, "C0", "model, L ≤ Lmax"), (True, "white", "model, L > Lmax")):
@@ -125,7 +125,7 @@ def quality_figure(rows: list[dict], metrics: list[str], x: str, xlabel: str, ti
                 for r in good:
                     ax.annotate(f"L={r['loops']}", (r[x], r[m]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         for i, r in enumerate(refs):
-            if _finite(r.get(m)):
+            if finite(r.get(m)):
                 ax.axhline(r[m], color=f"C{i + 1}", ls="--", lw=1, label=r["name"])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(m)
@@ -142,5 +142,5 @@ def save_figure(fig, path: Path) -> Path:
     return Path(path)
 
 
-def _finite(v) -> bool:
+def finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)

@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from elt.config import ConfigError
-from elt.diffusion import SAMPLERS
+from elt.runtime.config import ConfigError
+from elt.core.diffusion import SAMPLERS
 
 
 def require_creatable_dir(path, key: str) -> None:
@@ -31,7 +31,7 @@ class CheckRunDir(Callback):
     it first and say so in one line (configs/eval.yaml registers this callback)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from elt.cli import run_cli
+        from elt.runtime.cli import run_cli
 
         HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the run dir's path
         run_cli(lambda c: require_creatable_dir(c.hydra.run.dir, "hydra.run.dir"), config)

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import Subset, default_collate
 from tqdm.auto import tqdm
 
-from elt.config import ConfigError
+from elt.runtime.config import ConfigError
 from elt.evaluation.extractors import FeatureExtractor
-from elt.files import atomic_path, fingerprint
+from elt.runtime.files import atomic_path, fingerprint
 from elt.evaluation.metrics import FeatureStats, frechet_distance, inception_score, precision_recall
 
 log = logging.getLogger(__name__)

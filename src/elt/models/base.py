@@ -10,9 +10,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from elt.ilsd import ILSDCallback, draw_lint, ilsd_objective
-from elt.optim import param_groups
-from elt.resume import mix_seed
+from elt.core.ilsd import ILSDCallback, draw_lint, ilsd_objective
+from elt.core.optim import param_groups
+from elt.runtime.resume import mix_seed
 
 
 def guide(both: torch.Tensor, cfg_scale: float) -> torch.Tensor:

@@ -7,7 +7,7 @@ on c = timestep embedding + class embedding (null class = index num_classes, 10%
 an adaLN final layer and unpatchify. Here the blocks are ``LoopedBackbone(cond_dim=width)``: the
 modulation is computed from c once per network evaluation and reused by every loop, and the final
 layer is shared by every exit (ILSD's student and teacher). The process (shifted-cosine logSNR,
-x0-prediction, sigmoid-weighted MSE, DDPM/DDIM) lives in ``elt.diffusion``; EMA weights live in
+x0-prediction, sigmoid-weighted MSE, DDPM/DDIM) lives in ``elt.core.diffusion``; EMA weights live in
 this module's state_dict and sample by default.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from elt import diffusion as D
-from elt import schedules
-from elt.backbone import LoopedBackbone, modulate
-from elt.ema import EMA
+from elt.core import diffusion as D
+from elt.core import schedules
+from elt.core.backbone import LoopedBackbone, modulate
+from elt.core.ema import EMA
 from elt.models.base import LoopedGenerativeModule
-from elt.positions import sincos_positions
-from elt.tokenizers import Autoencoder
+from elt.core.positions import sincos_positions
+from elt.encoders.tokenizers import Autoencoder
 
 TIME_FREQ_DIM = 256  # DiT's timestep sinusoid width
 
@@ -225,8 +225,8 @@ class DiTELT(LoopedGenerativeModule):
     def sample(self, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                progress: bool = False, early_exit=None, stats: dict | None = None, **overrides) -> torch.Tensor:
         """Ancestral DDPM (or DDIM) from pure noise. ``loops``: an int (the same L at every step) or
-        a loop schedule (elt.schedules); ``early_exit``: stop each sample's loops once x̂0 stops
-        changing (elt.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
+        a loop schedule (elt.core.schedules); ``early_exit``: stop each sample's loops once x̂0 stops
+        changing (elt.core.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
         [B, steps]: the loops each sample ran and the heads read at every step."""
         cfg = self.sampler_config(**overrides)
         labels = labels.to(self.device)

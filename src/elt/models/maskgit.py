@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import trange
 
-from elt import schedules
-from elt.backbone import LoopedBackbone
+from elt.core import schedules
+from elt.core.backbone import LoopedBackbone
 from elt.models.base import LoopedGenerativeModule
-from elt.positions import POS_INITS, sincos_1d, sincos_2d
-from elt.tokenizers import Tokenizer
+from elt.core.positions import POS_INITS, sincos_1d, sincos_2d
+from elt.encoders.tokenizers import Tokenizer
 
 
 def cosine_schedule(ratio: torch.Tensor | float):
@@ -171,8 +171,8 @@ class MaskGITELT(LoopedGenerativeModule):
     def sample(self, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                progress: bool = False, early_exit=None, stats: dict | None = None, **overrides) -> torch.Tensor:
         """MaskGIT parallel decoding. ``loops``: an int (the same L at every step) or a loop
-        schedule (elt.schedules); ``early_exit``: stop each sample's loops once successive exits
-        agree (elt.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
+        schedule (elt.core.schedules); ``early_exit``: stop each sample's loops once successive exits
+        agree (elt.core.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
         [B, steps]: the loops each sample ran and the heads read at every step."""
         cfg = self.sampler_config(**overrides)
         steps, dev = int(cfg["steps"]), self.device

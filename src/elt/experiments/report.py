@@ -1,9 +1,9 @@
 """Paper tables and cross-run comparisons from finished evaluations.
 
-    python -m elt.report table <imagenet_maskgit|imagenet_dit|ucf101> --runs outputs/paper [--out outputs/tables]
-    python -m elt.report compare 'outputs/demo/*/eval' other/eval ... [--out outputs/compare]
+    python -m elt.experiments.report table <imagenet_maskgit|imagenet_dit|ucf101> --runs outputs/paper [--out outputs/tables]
+    python -m elt.experiments.report compare 'outputs/demo/*/eval' other/eval ... [--out outputs/compare]
 
-``table`` reads ``<runs>/<row>/eval/<cfg…>/results.json`` (what ``python -m elt.paper run`` writes) and
+``table`` reads ``<runs>/<row>/eval/<cfg…>/results.json`` (what ``python -m elt.experiments.paper run`` writes) and
 renders ``<out>/<table>.md`` with our numbers beside the paper's, plus ``<table>_vs_gflops.png`` and
 ``<table>_vs_params.png``. Our metric columns carry the measured key (``fid`` is InceptionV3 FID;
 ``fid_digits_cnn`` is a Fréchet distance in a small judge's features and is not FID). A row without a
@@ -27,18 +27,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from elt.config import ConfigError
-from elt.evaluation.plots import _finite, save_figure
-from elt.evaluation.report import markdown_table, quality_metrics
-from elt.files import write_text_atomic
+from elt.runtime.config import ConfigError
+from elt.evaluation.plots import finite, save_figure
+from elt.evaluation.tables import grid_table, markdown_table, quality_metrics
+from elt.runtime.files import write_text_atomic
 
 PAPER_NAMES = {"fid": "FID", "fvd": "FVD", "is": "IS"}
-
-
-def grid_table(columns: list[str], cells: list[list[str]]) -> str:
-    """A markdown table from header names and already formatted cells."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
 
 
 # ---- reading evaluations -------------------------------------------------------------------------
@@ -72,8 +66,8 @@ def run_params(ckpt_path: str | None) -> dict | None:
 
 @functools.lru_cache(maxsize=None)  # rows evaluated from one run (6N×4L at L=4 and L=6) read it once
 def _checkpoint_params(ckpt_path: str) -> dict:
-    from elt.paper import build_on_meta, param_counts
-    from elt.resume import read_checkpoint
+    from elt.experiments.paper import build_on_meta, param_counts
+    from elt.runtime.resume import read_checkpoint
 
     cfg = OmegaConf.create(read_checkpoint(ckpt_path)["elt_config"])  # memory-mapped: no weights are read
     return param_counts(build_on_meta(cfg))
@@ -91,7 +85,7 @@ def measured(row, runs: Path) -> dict | None:
     if not found:
         return None
     key = our_key([r for _, r in found], base)
-    res, best = min(found, key=lambda f: f[1].get(key) if _finite(f[1].get(key)) else math.inf)
+    res, best = min(found, key=lambda f: f[1].get(key) if finite(f[1].get(key)) else math.inf)
     hp = res["meta"]["hparams"]
     return {"row": best, "key": key, "is_key": our_key([best], "is"), "hparams": hp, "dir": res["dir"],
             "params": run_params(hp.get("ckpt_path"))}
@@ -99,7 +93,7 @@ def measured(row, runs: Path) -> dict | None:
 
 # ---- paper tables --------------------------------------------------------------------------------
 def _fmt(v, digits: int = 3) -> str:
-    if not _finite(v):
+    if not finite(v):
         return "–"
     return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:,.0f}"
 
@@ -112,8 +106,8 @@ def _params(v) -> str:
 
 def _with_std(v, std, paper: bool = False) -> str:
     """A paper number as printed there (``:g``), ours to 3 significant digits; ``± std`` when there is one."""
-    text = (f"{v:g}" if _finite(v) else "–") if paper else _fmt(v)
-    return text + (f" ± {std:g}" if paper and _finite(std) else f" ± {_fmt(std, 2)}" if _finite(std) else "")
+    text = (f"{v:g}" if finite(v) else "–") if paper else _fmt(v)
+    return text + (f" ± {std:g}" if paper and finite(std) else f" ± {_fmt(std, 2)}" if finite(std) else "")
 
 
 def metric_header(keys: set, base: str) -> str:
@@ -123,7 +117,7 @@ def metric_header(keys: set, base: str) -> str:
 
 
 def table_rows(table: str, runs: Path) -> tuple[list, list[dict | None]]:
-    from elt.paper import rows_of
+    from elt.experiments.paper import rows_of
 
     rows = rows_of(table)
     return rows, [measured(r, runs) if r.config else None for r in rows]
@@ -168,7 +162,7 @@ def table_markdown(table: str, rows, ours) -> str:
 
 def scatter_panel(ax, points: list[tuple], xlabel: str, ylabel: str, title: str) -> None:
     """Looped rows (ELT) as circles, non-looped baselines as squares; labels of coinciding points stacked."""
-    pts = [p for p in points if _finite(p[0]) and _finite(p[1])]
+    pts = [p for p in points if finite(p[0]) and finite(p[1])]
     seen: dict = {}
     for x, y, label in pts:
         looped = label.startswith("ELT")
@@ -252,8 +246,8 @@ def frontier_figure(runs: list[tuple[str, dict]], metrics: list[str]):
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, m in zip(axes, metrics):
         for i, (label, res) in enumerate(runs):
-            pts = sorted((r for r in res["rows"] if r.get("row") == "model" and _finite(r.get(m))
-                          and _finite(r.get("gflops_per_sample"))), key=lambda r: r["loops"])
+            pts = sorted((r for r in res["rows"] if r.get("row") == "model" and finite(r.get(m))
+                          and finite(r.get("gflops_per_sample"))), key=lambda r: r["loops"])
             if not pts:
                 continue
             color = f"C{i % 10}"
@@ -290,39 +284,14 @@ def compare(specs: list[str], out: Path) -> Path:
     return out / "compare.md"
 
 
-# ---- W&B: one group per configuration, evaluations beside their training runs -----------------------
-def run_tags(tags=(), N: int | None = None, Lmax: int | None = None, ilsd: bool | None = None,
-             seed: int | None = None) -> list[str]:
-    """The experiment's tags plus N×Lmax, ILSD on/off and the seed (configs/logger/wandb.yaml), so a
-    dashboard filters budgets, ablations and seeds without parsing run names."""
-    extra = [f"{N}Nx{Lmax}L", f"ilsd_{'on' if ilsd else 'off'}", f"seed{seed}"]
-    return list(dict.fromkeys([str(t) for t in (tags or [])] + extra))
-
-
-def eval_logger_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
-    """The eval config's logger group, resolved against the evaluated run's training config: the W&B run
-    lands in the training run's group (same data, model, scale, N×Lmax, ILSD) with job_type eval, the
-    training run's seed tag, and the whole training config in its W&B config under ``train``."""
-    train = OmegaConf.to_container(train_cfg, resolve=True)
-    context = {k: train[k] for k in ("data", "model", "scale", "N", "Lmax", "ilsd", "seed") if k in train}
-    context.update(tags=list(train.get("tags") or []) + ["eval"], run_name=f"{train_cfg.run_name}_{cfg.run_name}",
-                   task_name="eval")
-    base = cfg.copy()
-    OmegaConf.set_struct(base, False)
-    merged = OmegaConf.merge(base, context)
-    if "wandb" in (merged.get("logger") or {}):
-        merged.logger.wandb.config = {"train": train}
-    return merged.logger
-
-
 def main(argv=None) -> int:
-    from elt.paper import TABLES
+    from elt.experiments.paper import TABLES
 
-    p = argparse.ArgumentParser(prog="python -m elt.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m elt.experiments.report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("table", help="one paper table: ours beside the paper's")
     t.add_argument("table", choices=[x for x in TABLES if x != "throughput"])
-    t.add_argument("--runs", default="outputs/paper", help="the run directories (python -m elt.paper run ... --runs)")
+    t.add_argument("--runs", default="outputs/paper", help="the run directories (python -m elt.experiments.paper run ... --runs)")
     t.add_argument("--out", default="outputs/tables")
     c = sub.add_parser("compare", help="many evaluations in one table and one frontier plot")
     c.add_argument("evals", nargs="+", help="evaluation directories, directories above them, or globs")

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from elt.config import ConfigError
+from elt.runtime.config import ConfigError
 
 # MissingMandatoryValue: a ??? key left unset (data.num_classes=??? of an image folder)
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, NotImplementedError, MissingMandatoryValue)

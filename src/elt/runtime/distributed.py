@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from elt.config import ConfigError
+from elt.runtime.config import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """The paper's tables as data: one row per published number, each tied to an experiment config.
 
-``python -m elt.paper plan`` composes every row's config (``experiment=paper/<row>``), builds its model
+``python -m elt.experiments.paper plan`` composes every row's config (``experiment=paper/<row>``), builds its model
 on the meta device (shapes only: a 2.1B-parameter DiT costs no memory, and no tokenizer, autoencoder
 or dataset is opened) and prints parameters and GFLOPs/sample beside the paper's, the training budget
 and its accelerator-hours. It exits 1 when a row's parameter count is more than 5% off the paper's.
 
-``python -m elt.paper run <table>`` trains every row of a table (a fixed run directory per row,
+``python -m elt.experiments.paper run <table>`` trains every row of a table (a fixed run directory per row,
 ``ckpt_path=last``, so a rerun resumes), evaluates each at every loop count and renders the table
-(``elt.report``). ``--scale smoke`` runs the same commands for a few steps at tiny width on the
+(``elt.experiments.report``). ``--scale smoke`` runs the same commands for a few steps at tiny width on the
 embedded data, so that every step of a table target is exercised.
 
 Conventions (docs/paper_tables.md):
@@ -39,8 +39,10 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from elt import repo_root
-from elt.config import ConfigError, compose
-from elt.tokenizers import Autoencoder, Tokenizer
+from elt.runtime.config import ConfigError, compose
+from elt.encoders.tokenizers import Autoencoder, Tokenizer
+from elt.evaluation.tables import grid_table
+from elt.runtime.batch import apply_global_batch
 
 TOLERANCE = 0.05  # a row whose block parameters are further than this from the paper's fails the plan
 PEAK_FLOPS = 989e12  # H100 SXM bf16 dense tensor-core peak
@@ -125,10 +127,10 @@ class ShapeTokenizer(Tokenizer):
         self.grid_shape, self.image_shape = tuple(int(g) for g in grid_shape), tuple(int(s) for s in image_shape)
 
     def encode(self, images):
-        raise NotImplementedError("ShapeTokenizer is a shape-only stand-in (elt.paper); it cannot encode images")
+        raise NotImplementedError("ShapeTokenizer is a shape-only stand-in (elt.experiments.paper); it cannot encode images")
 
     def decode(self, tokens):
-        raise NotImplementedError("ShapeTokenizer is a shape-only stand-in (elt.paper); it cannot decode tokens")
+        raise NotImplementedError("ShapeTokenizer is a shape-only stand-in (elt.experiments.paper); it cannot decode tokens")
 
 
 class ShapeAutoencoder(Autoencoder):
@@ -136,14 +138,14 @@ class ShapeAutoencoder(Autoencoder):
         self.latent_shape, self.image_shape = tuple(int(s) for s in latent_shape), tuple(int(s) for s in image_shape)
 
     def encode(self, images):
-        raise NotImplementedError("ShapeAutoencoder is a shape-only stand-in (elt.paper); it cannot encode images")
+        raise NotImplementedError("ShapeAutoencoder is a shape-only stand-in (elt.experiments.paper); it cannot encode images")
 
     def decode(self, latents):
-        raise NotImplementedError("ShapeAutoencoder is a shape-only stand-in (elt.paper); it cannot decode latents")
+        raise NotImplementedError("ShapeAutoencoder is a shape-only stand-in (elt.experiments.paper); it cannot decode latents")
 
 
-STAND_INS = {"tokenizer": ("elt.paper.ShapeTokenizer", ("vocab_size", "grid_shape", "image_shape")),
-             "autoencoder": ("elt.paper.ShapeAutoencoder", ("latent_shape", "image_shape"))}
+STAND_INS = {"tokenizer": ("elt.experiments.paper.ShapeTokenizer", ("vocab_size", "grid_shape", "image_shape")),
+             "autoencoder": ("elt.experiments.paper.ShapeAutoencoder", ("latent_shape", "image_shape"))}
 
 
 def shape_only(cfg: DictConfig) -> DictConfig:
@@ -182,57 +184,6 @@ def paper_convention_gflops(blocks: int, loops: int, tokens: int, steps: int) ->
     return 2.0 * blocks * loops * tokens * steps / 1e9
 
 
-# ---- global batch -------------------------------------------------------------------------------
-def device_count(trainer: DictConfig) -> int:
-    """Processes per node that ``trainer.devices`` asks for (auto / -1: every visible GPU; 1 on CPU)."""
-    devices, accel = trainer.get("devices", 1), str(trainer.get("accelerator", "cpu"))
-    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
-        return len(devices)
-    if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()])
-    if str(devices) in ("auto", "-1"):
-        if accel in ("cpu",):
-            return 1
-        import torch
-
-        n = torch.cuda.device_count()
-        if n == 0 and accel in ("gpu", "cuda"):
-            raise ConfigError(f"trainer.devices={devices} on accelerator {accel}: no GPU is visible")
-        return max(n, 1)
-    try:
-        return int(devices)
-    except ValueError:
-        raise ConfigError(f"trainer.devices must be an integer, a list, 'auto' or -1, got {devices!r}") from None
-
-
-def accumulation(global_batch: int, per_device: int, devices: int, num_nodes: int) -> int:
-    world = per_device * devices * num_nodes
-    if global_batch % world:
-        raise ConfigError(f"global_batch ({global_batch}) must be a multiple of data.batch_size x devices x num_nodes "
-                          f"({per_device} x {devices} x {num_nodes} = {world})")
-    return global_batch // world
-
-
-def apply_global_batch(cfg: DictConfig) -> int | None:
-    """Set ``trainer.accumulate_grad_batches`` from ``global_batch`` (a no-op without that key); returns it.
-    Called at the start of training (train.py), where the device count is known; an explicit different
-    ``trainer.accumulate_grad_batches`` is a contradiction and stops the run."""
-    gb = cfg.get("global_batch")
-    if gb is None:
-        return None
-    if isinstance(gb, bool) or not isinstance(gb, int) or gb < 1:
-        raise ConfigError(f"global_batch must be an integer >= 1 (or null), got {gb!r}")
-    t = cfg.trainer
-    k = accumulation(gb, int(cfg.data.batch_size), device_count(t), int(t.get("num_nodes", 1) or 1))
-    given = t.get("accumulate_grad_batches")
-    if given not in (None, 1, k):
-        raise ConfigError(f"trainer.accumulate_grad_batches={given} contradicts global_batch={gb} (which needs {k} "
-                          f"with data.batch_size={cfg.data.batch_size}); set one of them, or global_batch=null")
-    with open_dict(cfg):
-        cfg.trainer.accumulate_grad_batches = k
-    return k
-
-
 # ---- composing rows ------------------------------------------------------------------------------
 def compose_row(config: str, overrides=()) -> DictConfig:
     """The training config of ``experiment=paper/<config>`` as train.py would see it (no Hydra run)."""
@@ -253,7 +204,7 @@ def reported_loops(row: PaperRow, cfg: DictConfig) -> int:
 
 def describe(row: PaperRow, cfg: DictConfig) -> dict:
     """Everything the plan prints for one row."""
-    from elt.evaluation.evaluate import gflops_per_sample
+    from elt.jobs.evaluate import gflops_per_sample
 
     model = build_on_meta(cfg)
     counts = param_counts(model)
@@ -294,7 +245,6 @@ def _num(v, unit: float = 1.0, fmt: str = "{:,.0f}") -> str:
 
 
 def plan_markdown(described: list[dict]) -> str:
-    from elt.report import grid_table
 
     cols = ["table", "row", "config", "N×Lmax", "L", "params: blocks (ours)", "paper", "Δ", "total (ours)",
             "GFLOPs/sample 2·P·L·T·S", "flops_per_eval × evals", "paper GFLOPs", "global batch", "steps",
@@ -389,13 +339,13 @@ def run_table(table: str, runs: Path, out: Path, scale: str = "paper", configs=N
                                  f"to resume")
     if dry_run:
         return None
-    from elt.report import render_table
+    from elt.experiments.report import render_table
 
     return render_table(table, Path(runs), Path(out))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m elt.paper", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m elt.experiments.paper", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     pl = sub.add_parser("plan", help="parameters, GFLOPs and training cost of every row beside the paper's")
     pl.add_argument("--rows", help="comma-separated row configs (default: all)")

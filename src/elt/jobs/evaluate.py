@@ -20,18 +20,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from elt import precision, schedules
-from elt.checkpoint import load_run, relocate_data
-from elt.config import ConfigError
-from elt.config import require_int
+from elt.core import schedules
+from elt.runtime import precision
+from elt.runtime.checkpoint import load_run, relocate_data
+from elt.runtime.config import ConfigError, instantiate_group, require_int
+from elt.runtime.devices import pick_device
+from elt.runtime.loggers import eval_logger_config
 from elt.evaluation import judges
-from elt.evaluation.distributed import Ranks
+from elt.runtime.distributed import Ranks
 from elt.evaluation.preflight import check_sampler, require_creatable_dir
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.extractors import I3D, FeatureExtractor, InceptionV3, JudgeExtractor
-from elt.files import file_fingerprint, fingerprint, write_text_atomic
+from elt.runtime.files import file_fingerprint, fingerprint, write_text_atomic
 from elt.evaluation.plots import MAX_GIF_FPS, quality_figure, save_animation, save_figure, save_grid
-from elt.evaluation.report import log_to_loggers, quality_metrics, write_tables
+from elt.evaluation.tables import log_to_loggers, quality_metrics, write_tables
 from elt.evaluation.scoring import Scorer, balanced_subset, dataset_batch, load_reference_npz, reference_statistics
 
 log = logging.getLogger(__name__)
@@ -144,27 +146,6 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
     )
 
 
-def pick_device(spec: str, ranks: Ranks) -> torch.device:
-    """The evaluation device, with its index: under torchrun a rank's GPU is its LOCAL_RANK."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"eval.device must be auto, cpu or cuda[:i], got {spec!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"eval.device={spec} but no CUDA device is available (use auto or cpu)")
-    if device.type == "cuda" and ranks.world > 1:
-        if device.index is not None:
-            raise ConfigError(f"eval.device={spec}: under torchrun each rank uses GPU LOCAL_RANK; pass auto or cuda")
-        if ranks.local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK={ranks.local_rank} but only {torch.cuda.device_count()} GPUs are visible")
-        device = torch.device("cuda", ranks.local_rank)
-    elif device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def build_extractors(names: list[str], cfg: DictConfig, train_cfg: DictConfig, datamodule) -> list[FeatureExtractor]:
     dataset = datamodule.name
     modality = "video" if len(datamodule.image_shape) == 4 else "image"
@@ -185,7 +166,7 @@ def build_extractors(names: list[str], cfg: DictConfig, train_cfg: DictConfig, d
 def judges_and_references(cfg: DictConfig, train_cfg: DictConfig, s: Settings, device: torch.device,
                           num_classes: int, ranks: Ranks, npz: dict | None = None):
     """-> (datamodule, extractors, {extractor: real statistics}): the judge trained and the statistics
-    computed on a cache miss (statistics on rank 0 only). Shared with ``elt.evaluation.warm``, which
+    computed on a cache miss (statistics on rank 0 only). Shared with ``elt.jobs.warm``, which
     fills these caches before evaluations that run side by side would each fill them."""
     with ranks.main_first():  # rank 0 writes the data and judge caches, the others read them
         datamodule = instantiate(train_cfg.data.module)
@@ -357,7 +338,7 @@ class LoopSweep:
     def schedule_row(self, spec) -> dict | None:
         """A loop schedule's row beside the fixed-L ones: same labels and seeds; ``loops`` is its
         mean loop count, GFLOPs are summed over its steps."""
-        from elt.sampling import resolve_schedule
+        from elt.samplers.budget import resolve_schedule
 
         plan = resolve_schedule(self.model, spec, self.sampler)
         label = schedules.name(spec)
@@ -512,7 +493,7 @@ def stored_run(cfg: DictConfig):
 
 
 def prepare(cfg: DictConfig, ranks: Ranks):
-    """Every check and load before a sweep (shared with elt.evaluation.pareto): -> (model, train_cfg,
+    """Every check and load before a sweep (shared with elt.jobs.pareto): -> (model, train_cfg,
     settings, sampler, device, sampling precision, reference npz or None)."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
@@ -600,9 +581,7 @@ def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str,
 
 def build_loggers(cfg: DictConfig, train_cfg: DictConfig) -> list:
     """The eval config's loggers, resolved against the evaluated run's training config (W&B groups
-    eval runs with their training runs): ``elt.report.eval_logger_config``."""
-    from elt.report import eval_logger_config
-    from elt.train import instantiate_group
+    eval runs with their training runs): ``elt.runtime.loggers.eval_logger_config``."""
 
     if not cfg.get("logger"):
         return []

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from elt.files import write_text_atomic
+from elt.runtime.files import write_text_atomic
 
 BASE_COLUMNS = ["name", "row", "loops", "extrapolated", "num_samples", "gflops_per_sample", "wall_s_per_sample"]
 SHOWN = {"name": "row", "loops": "L", "num_samples": "n", "gflops_per_sample": "GFLOPs/sample", "wall_s_per_sample": "s/sample"}
@@ -106,3 +106,9 @@ def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
                     for L, p in grids.items() if p.with_suffix(".gif").is_file()})
     run.log(payload)
     run.finish()
+
+
+def grid_table(columns: list[str], cells: list[list[str]]) -> str:
+    """A markdown table from header names and already formatted cells."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])

@@ -1,6 +1,6 @@
 """Pareto search over sampling steps × loop schedules under a GFLOPs budget.
 
-    python -m elt.evaluation.pareto ckpt_path=<run>/checkpoints/last.ckpt budget.gflops=<max> [pareto.seeds=[0,1,2]]
+    python -m elt.jobs.pareto ckpt_path=<run>/checkpoints/last.ckpt budget.gflops=<max> [pareto.seeds=[0,1,2]]
 
 Every candidate (steps, schedule) within the budget first gets a cheap proxy: the Fréchet distance
 on ``pareto.proxy_per_class`` samples per class at the first seed. The proxy's Pareto front, the
@@ -27,14 +27,14 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from elt import schedules
-from elt.cli import launch, run_cli
-from elt.config import ConfigError
-from elt.evaluation.distributed import Ranks
-from elt.evaluation.evaluate import LoopSweep, RowCache, balanced_labels, prepare, schedule_key
+from elt.core import schedules
+from elt.runtime.cli import launch, run_cli
+from elt.runtime.config import ConfigError
+from elt.runtime.distributed import Ranks
+from elt.jobs.evaluate import LoopSweep, RowCache, balanced_labels, prepare, schedule_key
 from elt.evaluation.plots import save_figure
-from elt.files import fingerprint, write_text_atomic
-from elt.sampling import CALIBRATION_SEED, resolve_schedule, run_lengths
+from elt.runtime.files import fingerprint, write_text_atomic
+from elt.samplers.budget import CALIBRATION_SEED, resolve_schedule, run_lengths
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def read_budget(cfg) -> float | None:
 def run_search(cfg: DictConfig) -> dict:
     ranks = Ranks.from_env()
     if ranks.world > 1:
-        raise ConfigError("elt.evaluation.pareto runs in one process; launch it without torchrun")
+        raise ConfigError("elt.jobs.pareto runs in one process; launch it without torchrun")
     budget = read_budget(cfg)
     model, train_cfg, s, sampler, device, prec, npz = prepare(cfg, ranks)
     pc = cfg.pareto

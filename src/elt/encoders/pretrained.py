@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from elt.config import ConfigError
-from elt.files import file_fingerprint, fingerprint
-from elt.tokenizers import Autoencoder, Tokenizer
+from elt.runtime.config import ConfigError
+from elt.runtime.files import file_fingerprint, fingerprint
+from elt.encoders.tokenizers import Autoencoder, Tokenizer
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HOW_TO_GET_VQ = ('on a connected machine run `huggingface-cli download amused/amused-256 --include "vqvae/*" '

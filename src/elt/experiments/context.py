@@ -6,7 +6,7 @@ tokens) scores the same with 10% masked as with everything masked; one that uses
 better with more visible. The video demo's README reports this beside FVD, because near the plateau
 the samples alone do not say which side a run is on.
 
-    python -m elt.evaluation.context <ckpt> [--ratios 0.1 1.0] [--loops 1 4] [--n 200]
+    python -m elt.experiments.context <ckpt> [--ratios 0.1 1.0] [--loops 1 4] [--n 200]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from elt.checkpoint import load_run
+from elt.runtime.checkpoint import load_run
 
 
 @torch.no_grad()

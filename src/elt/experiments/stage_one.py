@@ -2,10 +2,10 @@
 (MaskGIT-ELT's tokenizer: 28×28 → 7×7 tokens) or ``AutoencoderKL`` (DiT-ELT's: 28×28 → 4×7×7
 latents) on Fashion-MNIST in a few CPU-minutes, and ``save_pretrained`` it where
 ``data.tokenizer.path`` / ``data.autoencoder.path`` point, so stage two (prepare.py → shards →
-train.py → eval.py) loads it through ``elt.pretrained`` exactly as it loads the ImageNet VQGAN / SD VAE.
+train.py → eval.py) loads it through ``elt.encoders.pretrained`` exactly as it loads the ImageNet VQGAN / SD VAE.
 
-    python -m elt.stage_one vq --raw-root /usr/share/datasets/fashion-mnist --out data/weights/fashion_mnist_vq
-    python -m elt.stage_one kl --raw-root /usr/share/datasets/fashion-mnist --out data/weights/fashion_mnist_kl
+    python -m elt.experiments.stage_one vq --raw-root /usr/share/datasets/fashion-mnist --out data/weights/fashion_mnist_vq
+    python -m elt.experiments.stage_one kl --raw-root /usr/share/datasets/fashion-mnist --out data/weights/fashion_mnist_kl
 
 Deterministic on a machine (one thread, fixed seeds), so a rerun gives the same weights and with them
 the same encoder fingerprint of the shards; oneDNN stays on (3x faster here), so another CPU may give
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from elt.data.fashion_mnist import DEFAULT_ROOT, FashionMNISTRaw
-from elt.evaluation.judges import single_thread
-from elt.files import fingerprint
+from elt.runtime.devices import single_thread
+from elt.runtime.files import fingerprint
 
 INFO = "stage_one.json"
 KINDS = ("vq", "kl")
@@ -167,7 +167,7 @@ def train(kind: str, raw_root, out: Path, seed: int = 0, batch_size: int = 64, l
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m elt.stage_one", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m elt.experiments.stage_one", description=__doc__.splitlines()[0])
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--raw-root", default=DEFAULT_ROOT, help="folder of the Fashion-MNIST IDX files")
     p.add_argument("--out", required=True, help="the diffusers model directory to write (save_pretrained)")

@@ -9,9 +9,10 @@ from a local path only. Shapes: images [B, C, H, W], videos [B, C, T, H, W], bot
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
+
+from elt.runtime.files import require_local_file
 
 
 class Tokenizer:
@@ -73,20 +74,6 @@ class PixelAutoencoder(Autoencoder):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((latents + 1.0) / 2.0).clamp(0, 1)
-
-
-def require_local_file(path: str | Path | None, what: str, how_to_get: str) -> Path:
-    """Weights and data that usually come from a hub are read from a local path only.
-
-    Fails at once with one line naming the missing file and how to get it: never a download
-    attempt that hangs, never a silent fallback.
-    """
-    if path is None or str(path).strip() in ("", "None", "null"):
-        raise FileNotFoundError(f"{what}: no path configured; {how_to_get}")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"{what}: file not found: {p}; {how_to_get}")
-    return p
 
 
 class ScriptedNetwork:

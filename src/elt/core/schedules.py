@@ -10,7 +10,7 @@ budget can be spent where it matters. Specs (the same strings in eval.py, pareto
 - ``step:a-b@f``: a loops for the first fraction f of the steps (default 0.5), then b;
 - ``change:m``: m loops per step on average (m may be fractional), allocated greedily where the
   model's prediction changes most from one loop to the next, measured once per model and sampler
-  on held-out calibration samples (``elt.sampling.change_profile``).
+  on held-out calibration samples (``elt.samplers.budget.change_profile``).
 
 Everything else here is bookkeeping shared by both families: resolving a spec to a per-step tuple,
 naming it, and its analytic GFLOPs per sample (``flops_per_eval`` per step, ×2 under guidance).
@@ -130,7 +130,7 @@ def resolve(spec, steps: int, profile: Sequence[Sequence[float]] | None = None) 
         return tuple(a if k < switch else b for k in range(steps))
     if profile is None:
         raise ScheduleError(f"loop schedule {name(spec)} needs the model's change profile: resolve it with "
-                            "elt.sampling.resolve_schedule(model, spec, sampler)")
+                            "elt.samplers.budget.resolve_schedule(model, spec, sampler)")
     if len(profile) != steps:
         raise ScheduleError(f"loop schedule {name(spec)}: a change profile of {len(profile)} steps for {steps} steps")
     return allocate(params[0], profile)
@@ -211,7 +211,7 @@ class EarlyExit:
 
 def check_specs(specs, key: str) -> None:
     """Every spec of config list ``key`` parses, else one ConfigError line naming the key."""
-    from elt.config import ConfigError
+    from elt.runtime.config import ConfigError
 
     for spec in specs:
         try:

@@ -1,9 +1,9 @@
 """The mini-paper: the paper's claims tested with seeds on Fashion-MNIST, through the real two-stage
 pipeline (stage-one VQModel / AutoencoderKL → prepare.py shards → train.py → eval.py), on a CPU.
 
-    python -m elt.mini_paper plan  [--quick]          the commands and the arms, nothing run
-    python -m elt.mini_paper run   [--quick] [--jobs 2] train and evaluate what is missing, then report
-    python -m elt.mini_paper report                    outputs/mini_paper/report.md from the finished evals
+    python -m elt.experiments.mini_paper plan  [--quick]          the commands and the arms, nothing run
+    python -m elt.experiments.mini_paper run   [--quick] [--jobs 2] train and evaluate what is missing, then report
+    python -m elt.experiments.mini_paper report                    outputs/mini_paper/report.md from the finished evals
 
 Every arm of a family is the same experiment config (configs/experiment/mini/fashion_<family>.yaml)
 with a few overrides (``ARMS``): the same data, steps, batch and optimizer. Each (family, arm, seed)
@@ -80,7 +80,7 @@ def plan(runs: Path, quick: bool, raw_root: str = RAW_ROOT, samples_per_class: i
     for fam in families:
         _, kind, weights = FAMILIES[fam]
         exp = f"experiment=mini/fashion_{fam}"
-        first.append(Task(f"stage_one_{kind}", [py, "-m", "elt.stage_one", kind, "--raw-root", raw_root,
+        first.append(Task(f"stage_one_{kind}", [py, "-m", "elt.experiments.stage_one", kind, "--raw-root", raw_root,
                                                 "--out", str(root / "data" / "weights" / weights)],
                           runs / "markers" / f"stage_one_{kind}.done"))
         prepares.append(Task(f"prepare_{fam}", [py, str(root / "prepare.py"), exp, f"data.raw_root={raw_root}",
@@ -101,7 +101,7 @@ def plan(runs: Path, quick: bool, raw_root: str = RAW_ROOT, samples_per_class: i
                     "eval.grid_per_class=4"], d / ".eval.done", [f"train_{fam}_{arm}_s{seed}", "judge"]))
     # the judge and its reference statistics (shared by both families: the same images), cached once
     # while stage one trains, so that no evaluation trains it and the evaluations can run side by side
-    judge = Task("judge", [py, "-m", "elt.evaluation.warm", f"experiment=mini/fashion_{families[0]}",
+    judge = Task("judge", [py, "-m", "elt.jobs.warm", f"experiment=mini/fashion_{families[0]}",
                            f"data.raw_root={raw_root}"], runs / "markers" / "judge.done")
     return [*first, judge, *prepares, *trains, *evals]
 
@@ -283,7 +283,7 @@ def claims(arms: dict) -> list[dict]:
 
 # ---- report -------------------------------------------------------------------------------------
 def loops_table(arms: dict) -> str:
-    from elt.report import grid_table
+    from elt.evaluation.tables import grid_table
 
     loops = sorted({L for by in arms.values() for L in by})
     cells = []
@@ -464,7 +464,7 @@ def budget_line(timings: dict, quick: bool = False, jobs: int = 2) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m elt.mini_paper", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m elt.experiments.mini_paper", description=__doc__.splitlines()[0])
     p.add_argument("cmd", choices=["plan", "run", "report"])
     p.add_argument("--quick", action="store_true", help="1 seed, MaskGIT-ELT only (MINI=quick)")
     p.add_argument("--jobs", type=int, default=2, help="commands run in parallel (one thread each)")

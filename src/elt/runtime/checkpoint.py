@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from elt.tokenizers import require_local_file
+from elt.runtime.files import require_local_file
 
 # What the consumers of a run (eval, the notebook, the context test) read from its stored config:
 # a checkpoint without one of them fails here, naming it, not halfway through an evaluation.

@@ -2,8 +2,8 @@
 read them, so that evaluations started side by side (a sweep, the mini-paper's parallel jobs) read one
 cache instead of each training the judge.
 
-    python -m elt.evaluation.warm ckpt_path=<run>/checkpoints/last.ckpt [data.raw_root=...] [eval.* ...]
-    python -m elt.evaluation.warm experiment=mini/fashion_maskgit [data.raw_root=...] [eval.* ...]
+    python -m elt.jobs.warm ckpt_path=<run>/checkpoints/last.ckpt [data.raw_root=...] [eval.* ...]
+    python -m elt.jobs.warm experiment=mini/fashion_maskgit [data.raw_root=...] [eval.* ...]
 
 With ``ckpt_path`` the overrides are eval.py's (the run's data come from its checkpoint, moved by
 ``data.raw_root`` / ``data.root``): pass the evaluations' own command line. Without one (before
@@ -20,10 +20,11 @@ import sys
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from elt.cli import one_line, run_cli
-from elt.config import compose
-from elt.evaluation.distributed import Ranks
-from elt.evaluation.evaluate import judges_and_references, pick_device, read_settings, stored_run
+from elt.runtime.cli import one_line, run_cli
+from elt.runtime.config import compose
+from elt.runtime.distributed import Ranks
+from elt.jobs.evaluate import judges_and_references, read_settings, stored_run
+from elt.runtime.devices import pick_device
 from elt.evaluation.scoring import load_reference_npz
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def resolve(spec, device_type: str, what: str = "trainer.precision") -> str:
     elif s == "auto":
         choice = "bf16" if bf16_supported(device_type) else "32"
     else:
-        from elt.config import ConfigError
+        from elt.runtime.config import ConfigError
 
         raise ConfigError(f"{what} must be auto, bf16 (bf16-mixed) or 32 (32-true), got {spec!r}")
     why = "native bf16" if bf16_supported(device_type) else "no native bf16"

@@ -3,7 +3,7 @@
 ``resolve_schedule`` turns any schedule spec into per-step loop counts, measuring the model's
 change profile for ``change:m`` (once per model and sampler, on held-out calibration draws).
 ``choose`` picks sampling steps and a schedule for a GFLOPs or wall-time budget: the best measured
-point of a Pareto front (``elt.evaluation.pareto``) when one is given, else the most expensive
+point of a Pareto front (``elt.jobs.pareto``) when one is given, else the most expensive
 candidate that fits. ``generate`` is the Python call behind sample.py, for serving a model.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from elt import schedules
-from elt.files import fingerprint
+from elt.core import schedules
+from elt.runtime.files import fingerprint
 
 CALIBRATION_SEED = 7_919  # never an evaluation seed (those are small integers), so τ and profiles are held out
 CALIBRATION_PER_CLASS = 2
@@ -98,12 +98,12 @@ def default_candidates(model, sampler: dict) -> list[tuple[int, object]]:
 
 
 def read_front(path) -> list[dict]:
-    """The points of a front written by elt.evaluation.pareto (front.json)."""
+    """The points of a front written by elt.jobs.pareto (front.json)."""
     p = Path(str(path))
     try:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as e:
-        raise BudgetError(f"front {p} could not be read ({type(e).__name__}); write one with python -m elt.evaluation.pareto") from None
+        raise BudgetError(f"front {p} could not be read ({type(e).__name__}); write one with python -m elt.jobs.pareto") from None
     points = data.get("front") if isinstance(data, dict) else None
     if not points:
         raise BudgetError(f"front {p} holds no points")
@@ -183,59 +183,3 @@ def generate(model, labels, gflops: float | None = None, seconds: float | None =
     return out, choice
 
 
-def find_front(spec, ckpt_path) -> str | None:
-    """``front: auto`` finds ``<run dir>/pareto/front.json`` beside the checkpoint's directory."""
-    if spec in (None, "none", "null"):
-        return None
-    if spec == "auto":
-        candidate = Path(str(ckpt_path)).resolve().parent.parent / "pareto" / "front.json"
-        return str(candidate) if candidate.is_file() else None
-    if not Path(str(spec)).is_file():
-        raise BudgetError(f"front={spec} is not a file (a front.json of elt.evaluation.pareto, auto or null)")
-    return str(spec)
-
-
-def sample_entry(cfg) -> dict:
-    """sample.py: load, choose under the budget, sample, write the grid, print the choice."""
-    from omegaconf import OmegaConf
-
-    from elt import precision
-    from elt.checkpoint import load_run
-    from elt.config import ConfigError
-    from elt.evaluation.distributed import Ranks
-    from elt.evaluation.evaluate import pick_device
-    from elt.evaluation.plots import save_animation, save_grid
-
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
-    gflops, seconds = OmegaConf.select(cfg, "budget.gflops"), OmegaConf.select(cfg, "budget.seconds")
-    n = cfg.get("n")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be an integer >= 1 (samples per label), got {n!r}")
-    device = pick_device(cfg.get("device", "auto"), Ranks())
-    prec = precision.resolve(cfg.get("precision", "auto"), device.type, "precision")
-    model, train_cfg = load_run(cfg.ckpt_path)
-    model.to(device)
-    labels = cfg.get("labels")
-    labels = list(range(model.num_classes)) if labels is None else list(labels)
-    if not labels or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < model.num_classes for c in labels):
-        raise ConfigError(f"labels must be class indices in [0, {model.num_classes}), got {labels!r}")
-    if cfg.sampler is not None and not OmegaConf.is_dict(cfg.sampler):
-        raise ConfigError(f"sampler must be a mapping like {{cfg_scale: 2.0}}, got {cfg.sampler!r}")
-    overrides = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
-    early_exit = OmegaConf.to_container(cfg.early_exit, resolve=True) if OmegaConf.is_dict(cfg.early_exit) else cfg.early_exit
-    front = find_front(cfg.get("front"), cfg.ckpt_path)
-    y = torch.tensor(labels).repeat_interleave(n)
-    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    t0 = time.perf_counter()
-    with precision.autocast(device.type, prec):
-        images, choice = generate(model, y, gflops=gflops, seconds=seconds, front=front, generator=gen,
-                                  early_exit=early_exit, **overrides)
-    wall = time.perf_counter() - t0
-    out = Path(str(cfg.output_dir))
-    grid = save_grid(images.float(), y, out / "samples.png", n, sorted(set(labels)))
-    if images.ndim == 5:
-        save_animation(images.float(), y, out / "samples.gif", n, sorted(set(labels)), 4)
-    print(f"chose {choice.describe()}")
-    print(f"{len(y)} samples in {wall:.3g} s -> {grid}")
-    return {"choice": choice, "grid": str(grid), "seconds": wall}

@@ -42,3 +42,17 @@ def file_fingerprint(path, chunk: int = 1 << 22) -> str:
 def write_text_atomic(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def require_local_file(path: str | Path | None, what: str, how_to_get: str) -> Path:
+    """Weights and data that usually come from a hub are read from a local path only.
+
+    Fails at once with one line naming the missing file and how to get it: never a download
+    attempt that hangs, never a silent fallback.
+    """
+    if path is None or str(path).strip() in ("", "None", "null"):
+        raise FileNotFoundError(f"{what}: no path configured; {how_to_get}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: file not found: {p}; {how_to_get}")
+    return p

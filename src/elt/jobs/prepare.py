@@ -20,12 +20,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from elt.cli import one_line
-from elt.config import ConfigError
+from elt.runtime.cli import one_line
+from elt.runtime.config import ConfigError
 from elt.data.shards import (FORMAT, INDEX, PROGRESS, RankShardWriter, check_compatible, encoder_fingerprint,
                              merge_records, plan_rank, preprocessing, read_index, stored_format)
-from elt.files import write_text_atomic
-from elt.precision import lightning_precision
+from elt.runtime.files import write_text_atomic
+from elt.runtime.precision import lightning_precision
 
 log = logging.getLogger(__name__)
 

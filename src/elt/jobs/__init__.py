@@ -1,0 +1,1 @@
+"""The entry-point jobs: train, evaluate, sample, prepare, warm and the Pareto search."""

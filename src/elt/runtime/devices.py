@@ -1,0 +1,42 @@
+"""Where work runs: the device an evaluation or sampling job picks, and single-threaded sections."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from elt.runtime.config import ConfigError
+from elt.runtime.distributed import Ranks
+
+
+def pick_device(spec: str, ranks: Ranks) -> torch.device:
+    """The evaluation device, with its index: under torchrun a rank's GPU is its LOCAL_RANK."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"eval.device must be auto, cpu or cuda[:i], got {spec!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"eval.device={spec} but no CUDA device is available (use auto or cpu)")
+    if device.type == "cuda" and ranks.world > 1:
+        if device.index is not None:
+            raise ConfigError(f"eval.device={spec}: under torchrun each rank uses GPU LOCAL_RANK; pass auto or cuda")
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={ranks.local_rank} but only {torch.cuda.device_count()} GPUs are visible")
+        device = torch.device("cuda", ranks.local_rank)
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+@contextmanager
+def single_thread():
+    """Kernels this small gain nothing from threads, and on a busy machine OpenMP workers waiting
+    for each other made judge training 10x slower (64 s vs 6 s for 3 epochs on 2 shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
