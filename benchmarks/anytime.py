@@ -35,7 +35,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
-from elt.core import schedules  # noqa: E402
+from elt.core import flops, schedules  # noqa: E402
 from elt.evaluation import judges  # noqa: E402
 from elt.runtime.distributed import Ranks  # noqa: E402
 from elt.jobs.evaluate import LoopSweep, balanced_labels, prepare  # noqa: E402
@@ -85,7 +85,7 @@ def paper_budget(name: str, spec: dict) -> float:
 
     model, _ = load_run(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt")
     sampler = model.sampler_config()
-    return schedules.gflops_per_sample(model, (model.Lmax,) * int(sampler["steps"]), sampler) * (1 + 1e-9)
+    return flops.gflops_per_sample(model, (model.Lmax,) * int(sampler["steps"]), sampler) * (1 + 1e-9)
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, compose_cfg
-from elt.core import schedules
+from elt.core import flops, schedules
 from elt.runtime.checkpoint import load_run
 from elt.jobs.sample import sample_entry
 from elt.samplers.budget import BudgetError, choose, generate
@@ -25,7 +25,7 @@ def tiny_ckpt(train_cfg):
 def test_sample_py_writes_a_grid_and_prints_the_choice(tiny_ckpt, tmp_path, capsys):
     model, _ = load_run(tiny_ckpt)
     sampler = model.sampler_config()
-    fixed2 = schedules.gflops_per_sample(model, (2,) * 4, sampler)
+    fixed2 = flops.gflops_per_sample(model, (2,) * 4, sampler)
     cfg = compose_cfg("sample", [f"ckpt_path={tiny_ckpt}", f"budget.gflops={fixed2 * 0.9}", "labels=[3,7]", "n=3"],
                       tmp_path / "out")
     result = sample_entry(cfg)

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from elt.core import schedules
-from elt.jobs.evaluate import gflops_per_sample as fixed_l_gflops
+from elt.core import flops, schedules
 from elt.samplers.budget import change_profile, resolve_schedule
 from helpers import tiny_maskgit
 from test_dit import randomise_zero_init, tiny_dit as _tiny_dit
@@ -98,14 +97,14 @@ def test_gflops_are_flops_per_eval_summed_over_steps_and_doubled_by_guidance(fam
     model = tiny_maskgit() if family == "maskgit" else tiny_dit()
     sampler = model.sampler_config(steps=4, cfg_scale=1.0)
     guided = model.sampler_config(steps=4, cfg_scale=2.0)
-    assert schedules.gflops_per_sample(model, (2,) * 4, sampler) == pytest.approx(fixed_l_gflops(model, 2, sampler))
+    assert flops.gflops_per_sample(model, (2,) * 4, sampler) == pytest.approx(flops.gflops_per_sample(model, 2, sampler))
     want = sum(model.flops_per_eval(L) for L in (1, 2, 3, 3)) / 1e9
-    assert schedules.gflops_per_sample(model, (1, 2, 3, 3), sampler) == pytest.approx(want)
-    assert schedules.gflops_per_sample(model, (1, 2, 3, 3), guided) == pytest.approx(2 * want)
+    assert flops.gflops_per_sample(model, (1, 2, 3, 3), sampler) == pytest.approx(want)
+    assert flops.gflops_per_sample(model, (1, 2, 3, 3), guided) == pytest.approx(2 * want)
     # measured accounting: the same when every sample ran the plan and read one head per step
     loops = torch.tensor([[1, 2, 3, 3]] * 5)
-    assert schedules.measured_gflops_per_sample(model, loops, torch.ones(5, 4), sampler) == pytest.approx(want)
-    extra = schedules.measured_gflops_per_sample(model, loops, torch.full((5, 4), 2), sampler)
+    assert flops.measured_gflops_per_sample(model, loops, torch.ones(5, 4), sampler) == pytest.approx(want)
+    extra = flops.measured_gflops_per_sample(model, loops, torch.full((5, 4), 2), sampler)
     assert extra == pytest.approx(want + 4 * model.flops_per_exit() / 1e9)
 
 

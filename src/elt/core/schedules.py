@@ -136,28 +136,6 @@ def resolve(spec, steps: int, profile: Sequence[Sequence[float]] | None = None) 
     return allocate(params[0], profile)
 
 
-def evals_factor(sampler: dict) -> int:
-    """Network evaluations per step: 2 under classifier-free guidance (a doubled batch), else 1."""
-    return 1 if float(sampler.get("cfg_scale", 1.0)) == 1.0 else 2
-
-
-def gflops_per_sample(model, plan: Sequence[int], sampler: dict) -> float:
-    """Analytic GFLOPs one sample costs under a resolved plan: ``flops_per_eval(L_k)`` summed over
-    the steps, doubled under guidance. A constant plan gives exactly eval.py's fixed-L figure."""
-    return sum(model.flops_per_eval(int(L)) for L in plan) * evals_factor(sampler) / 1e9
-
-
-def measured_gflops_per_sample(model, loops_run, heads_run, sampler: dict) -> float:
-    """GFLOPs per sample of what an early-exit sampler actually ran: per sample and step the
-    network at the loops it ran, plus the shared head once more for every extra exit it read out
-    (``stats["loops"]`` / ``stats["heads"]`` of ``model.sample``), averaged over the samples."""
-    loops_run, heads_run = loops_run.double(), heads_run.double()
-    per_loop = model.flops_per_eval(2) - model.flops_per_eval(1)
-    base = model.flops_per_eval(1) - per_loop  # embeddings + one head, no loop
-    total = base * loops_run.shape[1] + per_loop * loops_run.sum(1) + model.flops_per_exit() * (heads_run - 1).sum(1)
-    return float(total.mean()) * evals_factor(sampler) / 1e9
-
-
 @dataclass
 class EarlyExit:
     """Per-sample early exit inside each sampling step: a sample stops looping once the distance

@@ -204,7 +204,7 @@ def reported_loops(row: PaperRow, cfg: DictConfig) -> int:
 
 def describe(row: PaperRow, cfg: DictConfig) -> dict:
     """Everything the plan prints for one row."""
-    from elt.jobs.evaluate import gflops_per_sample
+    from elt.core.flops import gflops_per_sample
 
     model = build_on_meta(cfg)
     counts = param_counts(model)

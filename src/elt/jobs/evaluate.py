@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from elt.core import schedules
+from elt.core.flops import gflops_per_sample
 from elt.runtime import precision
 from elt.runtime.checkpoint import load_run, relocate_data
 from elt.runtime.config import ConfigError, instantiate_group, require_int
@@ -186,12 +187,6 @@ def judges_and_references(cfg: DictConfig, train_cfg: DictConfig, s: Settings, d
     return datamodule, extractors, references
 
 
-def gflops_per_sample(model, loops: int, sampler: dict) -> float:
-    """Analytic: one network evaluation at ``loops`` loops × the evaluations a sample costs (every
-    sampling step, twice under guidance). The x-axis of the efficiency frontier."""
-    return model.flops_per_eval(loops) * model.network_evals_per_sample(**sampler) / 1e9
-
-
 def schedule_key(spec) -> str:
     """The cache file (and grid) name of a schedule row: its name with only safe characters."""
     key = "S_" + "".join(c if c.isalnum() or c in "-." else "_" for c in schedules.name(spec))
@@ -345,7 +340,7 @@ class LoopSweep:
         scored = self.sampled_scores(list(plan), schedule_key(spec), f"sample+score {label}")
         return scored and make_row(f"schedule {label}", "schedule", len(self.labels), scored[0],
                                    loops=round(sum(plan) / len(plan), 3), extrapolated=max(plan) > self.model.Lmax,
-                                   gflops=schedules.gflops_per_sample(self.model, plan, self.sampler), seconds=scored[1])
+                                   gflops=gflops_per_sample(self.model, plan, self.sampler), seconds=scored[1])
 
     def sampled_scores(self, loops, key: str, desc: str, sampler: dict | None = None, seed: int | None = None,
                        labels: torch.Tensor | None = None, early_exit=None, stats: list | None = None):

@@ -27,7 +27,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from elt.core import schedules
+from elt.core import flops, schedules
 from elt.runtime.cli import launch, run_cli
 from elt.runtime.config import ConfigError
 from elt.runtime.distributed import Ranks
@@ -87,7 +87,7 @@ class Search:
         sampler = {**self.sweep.sampler, "steps": int(steps)}
         plan = resolve_schedule(self.model, spec, sampler)
         return {"steps": int(steps), "schedule": spec, "name": f"{steps} steps, {schedules.name(spec)}",
-                "plan": list(plan), "gflops": schedules.gflops_per_sample(self.model, plan, sampler),
+                "plan": list(plan), "gflops": flops.gflops_per_sample(self.model, plan, sampler),
                 "mean_loops": sum(plan) / len(plan), "fixed_l": schedules.parse(spec)[0] == "constant"}
 
     def score(self, p: dict, seed: int, per_class: int, early_exit: dict | None = None) -> dict:
@@ -107,7 +107,7 @@ class Search:
             heads = torch.cat([st["heads"] for st in stats])
             return {**metrics, "seconds_per_sample": seconds / len(labels),
                     "block_applications": float(loops.sum(1).double().mean()) * self.model.N,
-                    "gflops_measured": schedules.measured_gflops_per_sample(self.model, loops, heads, sampler)}
+                    "gflops_measured": flops.measured_gflops_per_sample(self.model, loops, heads, sampler)}
 
         return self.cache.get_or_compute(key, compute, self.ranks)
 

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from elt.core.flops import evals_per_step
 from elt.core.ilsd import ILSDCallback, draw_lint, ilsd_objective
 from elt.core.optim import param_groups
 from elt.runtime.resume import mix_seed
@@ -271,4 +272,4 @@ class LoopedGenerativeModule(L.LightningModule):
 
     def network_evals_per_sample(self, **overrides) -> int:
         cfg = self.sampler_config(**overrides)
-        return int(cfg["steps"]) * (1 if float(cfg["cfg_scale"]) == 1.0 else 2)
+        return int(cfg["steps"]) * evals_per_step(cfg["cfg_scale"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from elt.core import schedules
+from elt.core import flops, schedules
 from elt.runtime.files import fingerprint
 
 CALIBRATION_SEED = 7_919  # never an evaluation seed (those are small integers), so τ and profiles are held out
@@ -156,7 +156,7 @@ def choose(model, sampler: dict, gflops: float | None = None, seconds: float | N
         for steps, spec in candidates or default_candidates(model, sampler):
             cfg = {**sampler, "steps": steps}
             plan = resolve_schedule(model, spec, cfg)
-            options.append(Choice(steps, spec, plan, schedules.gflops_per_sample(model, plan, cfg)))
+            options.append(Choice(steps, spec, plan, flops.gflops_per_sample(model, plan, cfg)))
     clock = WallClock(model, sampler, n) if seconds is not None else None
     for o in options:
         if clock is not None:
