@@ -35,7 +35,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
-from elt.core import flops, schedules  # noqa: E402
+from elt.core import flops  # noqa: E402
+from elt.samplers.early_exit import EarlyExit  # noqa: E402
 from elt.evaluation import judges  # noqa: E402
 from elt.runtime.distributed import Ranks  # noqa: E402
 from elt.jobs.evaluate import LoopSweep, balanced_labels, prepare  # noqa: E402
@@ -123,7 +124,7 @@ def early_exit(name: str, spec: dict, metric: str, criterion: str, taus: list[fl
 def exit_rule(model, criterion: str) -> dict | None:
     """The early-exit settings besides τ: the family's default criterion stays unnamed (its cache keys)."""
     family = "maskgit" if "maskgit" in type(model).__name__.lower() else "dit"
-    return None if criterion == schedules.EarlyExit.CRITERIA[family][0] else {"criterion": criterion}
+    return None if criterion == EarlyExit.CRITERIA[family][0] else {"criterion": criterion}
 
 
 def wall_pairs(model, sampler: dict, device, rule: dict, label: str) -> dict | None:

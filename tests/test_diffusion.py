@@ -6,6 +6,7 @@ import torch
 
 from elt.core import diffusion as D
 from elt.core.ema import EMA
+from elt.samplers import diffusion as S
 
 
 # ---- schedule ---------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def test_sigmoid_weight_equals_weighted_eps_loss():
 
 
 # ---- samplers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", D.SAMPLERS)
+@pytest.mark.parametrize("kind", S.SAMPLERS)
 def test_sampler_returns_the_single_data_point(kind):
     """Data that is one point: the exact denoiser always says x0 = x*, and the sampler must end there."""
     x_star = torch.tensor([0.3, -0.7, 0.9]).view(1, 3, 1, 1)
@@ -97,7 +98,7 @@ def test_sampler_returns_the_single_data_point(kind):
         seen.append(z.abs().max().item())
         return x_star.expand_as(z)
 
-    out = D.sample_loop(denoise, (5, 3, 1, 1), D.ShiftedCosineSchedule(), steps=16, kind=kind,
+    out = S.sample_loop(denoise, (5, 3, 1, 1), D.ShiftedCosineSchedule(), steps=16, kind=kind,
                         generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x_star.expand(5, 3, 1, 1))
     assert len(seen) == 16
@@ -116,7 +117,7 @@ def test_sampler_recovers_a_gaussian_with_the_exact_denoiser(kind, steps):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 1000 steps of tiny element-wise ops: threads only add sync overhead
     try:
-        out = D.sample_loop(denoise, (20_000, 1), sched, steps=steps, kind=kind, generator=torch.Generator().manual_seed(0))
+        out = S.sample_loop(denoise, (20_000, 1), sched, steps=steps, kind=kind, generator=torch.Generator().manual_seed(0))
     finally:
         torch.set_num_threads(threads)
     assert out.mean().item() == pytest.approx(mu, abs=0.01)
@@ -127,12 +128,12 @@ def test_sampler_is_deterministic_given_the_generator_and_checks_its_options():
     def denoise(z, t):
         return 0.5 * z
 
-    run = lambda seed: D.sample_loop(denoise, (4, 2), D.ShiftedCosineSchedule(), 8, "ddpm", torch.Generator().manual_seed(seed))
+    run = lambda seed: S.sample_loop(denoise, (4, 2), D.ShiftedCosineSchedule(), 8, "ddpm", torch.Generator().manual_seed(seed))
     assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
     with pytest.raises(ValueError, match="model.sampler.kind"):
-        D.sample_loop(denoise, (1, 2), D.ShiftedCosineSchedule(), 8, "euler")
+        S.sample_loop(denoise, (1, 2), D.ShiftedCosineSchedule(), 8, "euler")
     with pytest.raises(ValueError, match="model.sampler.steps"):
-        D.sample_loop(denoise, (1, 2), D.ShiftedCosineSchedule(), 0)
+        S.sample_loop(denoise, (1, 2), D.ShiftedCosineSchedule(), 0)
 
 
 # ---- EMA ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from elt.core import schedules
+from elt.samplers.early_exit import EarlyExit
 from elt.core.backbone import LoopedBackbone
 from helpers import tiny_maskgit
 from test_schedules import tiny_dit
@@ -51,7 +52,7 @@ def test_tau_zero_is_the_plain_sampler_and_a_huge_tau_is_min_loops(name, cfg):
 @pytest.mark.parametrize("name,criterion", [("maskgit", "commit"), ("maskgit", "kl"), ("dit", "rel"), ("dit", "noise")])
 def test_the_batch_shrinks_as_samples_exit(name, criterion):
     model = family(name, Lmax=4)
-    probe = schedules.EarlyExit(tau=0.0, criterion=criterion, record=[])
+    probe = EarlyExit(tau=0.0, criterion=criterion, record=[])
     run(model, probe, loops=4, steps=4)
     dists = [d for step in probe.record for d in step]
     assert len(probe.record) == 4 and all(len(step) == 3 for step in probe.record)  # exits 1→2, 2→3, 3→4

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from elt.models.maskgit import cosine_schedule
+from elt.samplers.maskgit import cosine_schedule
 from elt.encoders.tokenizers import PixelTokenizer
 from helpers import digits_batch, tiny_maskgit
 

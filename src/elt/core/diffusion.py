@@ -1,25 +1,22 @@
-"""The diffusion process of DiT-ELT, written in logSNR terms (spec section 4).
+"""The diffusion process of DiT-ELT, written in logSNR terms (spec section 4): what training needs.
 
 Variance preserving: z_t = α_t·x0 + σ_t·ε with α² = sigmoid(λ), σ² = sigmoid(−λ), λ = log(α²/σ²).
 Time t ∈ [0, 1] runs from clean (λ_max) to noise (λ_min). The schedule is the shifted cosine of
-"simple diffusion" / SiD2 (Hoogeboom et al.), the loss their sigmoid-weighted MSE, the samplers
-ancestral DDPM and deterministic DDIM. Everything is a small pure function of λ so the same code
-serves pixels and latents of any shape; the tests check it on analytic cases.
+"simple diffusion" / SiD2 (Hoogeboom et al.), the loss their sigmoid-weighted MSE. Everything is a
+small pure function of λ so the same code serves pixels and latents of any shape; the tests check it
+on analytic cases. The samplers (ancestral DDPM, deterministic DDIM) are ``elt.samplers.diffusion``.
 
 Why not diffusers' schedulers: they are organised around discrete DDPM timesteps and β tables,
-while the recipe here is continuous-time in λ (shift, truncation, Jacobian weighting); the whole
-process is ~150 lines and the project avoids a heavy dependency for it.
+while the recipe here is continuous-time in λ (shift, truncation, Jacobian weighting); process and
+samplers together are ~200 lines and the project avoids a heavy dependency for them.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
-from tqdm.auto import trange
 
 PREDICTIONS = ("x0", "eps", "v")
-SAMPLERS = ("ddpm", "ddim")
 
 
 class ShiftedCosineSchedule:
@@ -107,58 +104,3 @@ def sigmoid_loss_weight(logsnr: torch.Tensor, dlogsnr_dt: torch.Tensor, bias: fl
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     return (weight * per_sample).mean()
-
-
-def ddpm_step(z, x0, logsnr_t, logsnr_s, generator=None):
-    """Ancestral step t → s (λ_s > λ_t): a draw from q(z_s | z_t, x0 = x̂0)."""
-    a_t, _ = alpha_sigma(logsnr_t)
-    a_s, s_s = alpha_sigma(logsnr_s)
-    ratio = torch.exp(logsnr_t - logsnr_s)  # SNR_t / SNR_s ∈ (0, 1)
-    c = -torch.expm1(logsnr_t - logsnr_s)  # σ²_{t|s} / σ²_t
-    mean = ratio * (a_s / a_t) * z + a_s * c * x0
-    noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-    return mean + (s_s * c.sqrt()) * noise
-
-
-def ddim_step(z, x0, logsnr_t, logsnr_s, generator=None):
-    """Deterministic step t → s: keep the implied ε̂, move x̂0 to the new noise level."""
-    a_t, s_t = alpha_sigma(logsnr_t)
-    a_s, s_s = alpha_sigma(logsnr_s)
-    eps = (z - a_t * x0) / s_t
-    return a_s * x0 + s_s * eps
-
-
-@torch.no_grad()
-def sample_loop(
-    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    shape: tuple[int, ...],
-    schedule: ShiftedCosineSchedule,
-    steps: int,
-    kind: str = "ddpm",
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    clip_x0: float | None = None,
-    progress: bool = False,
-    indexed: bool = False,
-) -> torch.Tensor:
-    """Run ``steps`` steps on a uniform time grid from t=1 to 0; ``denoise(z, t[B]) -> x̂0``
-    (``indexed``: ``denoise(z, t[B], i)`` with the step index, for per-step loop schedules).
-
-    The last step returns x̂0 itself (the posterior at λ_max is x̂0 up to ~e^{−λ_max/2} noise).
-    """
-    if kind not in SAMPLERS:
-        raise ValueError(f"model.sampler.kind must be one of {SAMPLERS}, got {kind!r}")
-    if int(steps) < 1:
-        raise ValueError(f"model.sampler.steps must be >= 1, got {steps}")
-    step = ddpm_step if kind == "ddpm" else ddim_step
-    ts = torch.linspace(1.0, 0.0, int(steps) + 1, device=device)
-    lams = schedule.logsnr(ts)
-    z = torch.randn(shape, generator=generator, device=device)
-    for i in trange(int(steps), disable=not progress, desc=f"{kind} sampling", leave=False):
-        t = ts[i].expand(shape[0])
-        x0 = (denoise(z, t, i) if indexed else denoise(z, t)).float()
-        if clip_x0 is not None:
-            x0 = x0.clamp(-clip_x0, clip_x0)
-        if i + 1 < int(steps):
-            z = step(z, x0, lams[i], lams[i + 1], generator)
-    return x0

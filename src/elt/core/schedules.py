@@ -12,14 +12,13 @@ budget can be spent where it matters. Specs (the same strings in eval.py, pareto
   model's prediction changes most from one loop to the next, measured once per model and sampler
   on held-out calibration samples (``elt.samplers.budget.change_profile``).
 
-Everything else here is bookkeeping shared by both families: resolving a spec to a per-step tuple,
-naming it, and its analytic GFLOPs per sample (``flops_per_eval`` per step, ×2 under guidance).
+Everything else here is bookkeeping shared by both families: resolving a spec to a per-step tuple
+and naming it (what a plan costs is ``elt.core.flops``).
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Sequence
 
 FAMILIES = ("constant", "linear", "step", "change")
@@ -37,19 +36,19 @@ class ScheduleError(ValueError):
     pass
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def parse(spec):
     """-> (family, params): validates a spec without knowing the step count; one line on error."""
-    if _is_int(spec):
+    if is_int(spec):
         if spec < 1:
             raise ScheduleError(f"loop schedule {spec!r}: loops must be >= 1")
         return "constant", (spec,)
     if isinstance(spec, (list, tuple)) or type(spec).__name__ == "ListConfig":
         loops = list(spec)
-        if not loops or not all(_is_int(L) and L >= 1 for L in loops):
+        if not loops or not all(is_int(L) and L >= 1 for L in loops):
             raise ScheduleError(f"loop schedule {loops!r}: an explicit schedule needs integers >= 1, one per step")
         return "explicit", tuple(loops)
     if not isinstance(spec, str):
@@ -134,57 +133,6 @@ def resolve(spec, steps: int, profile: Sequence[Sequence[float]] | None = None) 
     if len(profile) != steps:
         raise ScheduleError(f"loop schedule {name(spec)}: a change profile of {len(profile)} steps for {steps} steps")
     return allocate(params[0], profile)
-
-
-@dataclass
-class EarlyExit:
-    """Per-sample early exit inside each sampling step: a sample stops looping once the distance
-    between its predictions at two successive exits falls below ``tau`` (strictly, so ``tau=0``
-    never exits and is the plain sampler). The step's schedule entry is the most it may run.
-
-    criterion: MaskGIT ``commit`` (share of the tokens this step would commit that change between
-    the exits; the step's Gumbel noise is fixed first, so agreement is exact) or ``kl`` (mean KL of
-    the token distributions over still-masked positions); DiT ``rel`` (‖x̂0_l − x̂0_{l−1}‖/‖x̂0_l‖) or
-    ``noise`` (DDPM: the RMS change of the step's posterior mean in units of the noise it adds).
-    ``min_loops``: the earliest exit (≥ 2: loop 1 has nothing to compare with). ``record``: a list
-    to which every step appends the batch-mean distance at each loop (profiling, no exits if tau=0).
-    """
-
-    tau: float
-    criterion: str | None = None
-    min_loops: int = 2
-    record: list | None = None
-
-    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise")}
-
-    def __post_init__(self):
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 0:
-            raise ScheduleError(f"early_exit.tau must be a number >= 0, got {self.tau!r}")
-        if not _is_int(self.min_loops) or self.min_loops < 2:
-            raise ScheduleError(f"early_exit.min_loops must be an integer >= 2, got {self.min_loops!r}")
-        self.tau = float(self.tau)
-
-    @classmethod
-    def from_spec(cls, spec) -> "EarlyExit | None":
-        """None, a number (tau), a mapping {tau, criterion, min_loops} or an EarlyExit."""
-        if spec is None or isinstance(spec, cls):
-            return spec
-        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-            return cls(tau=spec)
-        if hasattr(spec, "keys"):
-            spec = dict(spec)
-            unknown = set(spec) - {"tau", "criterion", "min_loops"}
-            if unknown or "tau" not in spec:
-                raise ScheduleError(f"early_exit must give tau (and optionally criterion, min_loops), got {sorted(spec)}")
-            return cls(**spec)
-        raise ScheduleError(f"early_exit must be null, a number tau or a mapping {{tau: ..}}, got {spec!r}")
-
-    def criterion_for(self, family: str) -> str:
-        known = self.CRITERIA[family]
-        crit = self.criterion or known[0]
-        if crit not in known:
-            raise ScheduleError(f"early_exit.criterion {crit!r} is not one of {family}'s: {', '.join(known)}")
-        return crit
 
 
 def check_specs(specs, key: str) -> None:

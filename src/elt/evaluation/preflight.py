@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from elt.runtime.config import ConfigError
-from elt.core.diffusion import SAMPLERS
+from elt.samplers.diffusion import SAMPLERS
 
 
 def require_creatable_dir(path, key: str) -> None:

@@ -10,16 +10,11 @@ from typing import Any
 import lightning as L
 import torch
 
+from elt.core import guidance
 from elt.core.flops import evals_per_step
 from elt.core.ilsd import ILSDCallback, draw_lint, ilsd_objective
 from elt.core.optim import param_groups
 from elt.runtime.resume import mix_seed
-
-
-def guide(both: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-    """Classifier-free guidance uncond + s·(cond − uncond) of a [conditional; null-class] batch."""
-    cond, uncond = both.chunk(2)
-    return uncond + cfg_scale * (cond - uncond)
 
 
 def lr_factor(step: int, total: int, warmup_steps: int = 0, kind: str = "cosine", min_lr_ratio: float = 0.0) -> float:
@@ -182,16 +177,9 @@ class LoopedGenerativeModule(L.LightningModule):
         ONE evaluation of a doubled batch. ``post(output, inputs)`` maps the raw output to the space
         guidance is applied in (float logits, x̂0) before the two halves are combined.
         """
-        post = post or (lambda out, _: out.float())
-        if cfg_scale == 1.0:
-            return post(self.predict(inputs, loops, [loops])[0], inputs)
-        both = self.with_null_class(inputs)
-        return guide(post(self.predict(both, loops, [loops])[0], both), cfg_scale)
-
-    def with_null_class(self, inputs: dict) -> dict:
-        """The batch followed by its copy with every label replaced by the null class."""
-        null = torch.full_like(inputs["labels"], self.num_classes)
-        return {k: torch.cat([v, null if k == "labels" else v]) for k, v in inputs.items()}
+        post = post or guidance.as_float
+        feed = guidance.guidance_batch(inputs, cfg_scale, self.num_classes)
+        return guidance.combine(post(self.predict(feed, loops, [loops])[0], feed), cfg_scale)
 
     # ---- sampling helpers shared by families --------------------------------------------------
     def sampler_config(self, **overrides) -> dict:
@@ -209,66 +197,6 @@ class LoopedGenerativeModule(L.LightningModule):
     def readout(self, state: torch.Tensor, cond) -> torch.Tensor:
         """The shared head on a backbone state: ``predict`` after the backbone."""
         raise NotImplementedError
-
-    def early_exit_predict(self, inputs: dict, loops: int, cfg_scale: float, rule, distance, post=None):
-        """``guided_predict`` at most ``loops`` loops, each sample stopping at its own exit.
-
-        Loop by loop on the still-active rows only (under guidance, a sample's conditional and
-        null-class rows leave together): after loop l ≥ ``rule.min_loops`` a sample whose
-        ``distance(prev, cur, idx)`` (per active sample; ``idx`` their batch indices) is below
-        ``rule.tau`` keeps its exit-l prediction and leaves the batch, so later loops run on fewer
-        rows. Heads are read only where a decision needs them (none before the last loop when
-        tau=0 and nothing is recorded, which is then ``guided_predict`` exactly).
-        -> (prediction [B, ...], loops run [B], heads read [B])."""
-        post = post or (lambda out, _: out.float())
-        b, pair = len(inputs["labels"]), 1 if cfg_scale == 1.0 else 2
-        feed = inputs if pair == 1 else self.with_null_class(inputs)
-        x, cond = self.embed(feed)
-        x0, mods, bb = x, self.backbone.modulations(cond), self.backbone
-        dev = x.device
-        active = torch.arange(b, device=dev)
-        ran = torch.zeros(b, dtype=torch.long, device=dev)
-        heads = torch.zeros(b, dtype=torch.long, device=dev)
-        probing = rule.tau > 0 or rule.record is not None
-        first_read = max(rule.min_loops - 1, 1)
-        out, prev, trace = None, None, []
-
-        def combine(raw, fed):
-            p = post(raw, fed)
-            return p if pair == 1 else guide(p, cfg_scale)
-
-        for loop in range(1, int(loops) + 1):
-            x = bb.apply_loop(x, loop, mods, x0)
-            ran[active] += 1
-            last = loop == int(loops)
-            if not (last or (probing and loop >= first_read)):
-                continue
-            pred = combine(self.readout(x, cond), feed)
-            heads[active] += 1
-            if out is None:
-                out = torch.empty((b, *pred.shape[1:]), dtype=pred.dtype, device=dev)
-            if prev is not None and loop >= rule.min_loops and (not last or rule.record is not None):
-                dist = distance(prev, pred, active)
-                if rule.record is not None:
-                    trace.append(float(dist.float().mean()))
-                done = dist < rule.tau
-                if not last and done.any():
-                    out[active[done]] = pred[done]
-                    keep = ~done
-                    rows = keep.repeat(pair)
-                    active, pred = active[keep], pred[keep]
-                    x, x0, mods = x[rows], x0[rows], bb.select_mods(mods, rows)
-                    cond = None if cond is None else cond[rows]
-                    feed = {k: v[rows] for k, v in feed.items()}
-                    if not len(active):
-                        break
-            if last:
-                out[active] = pred
-                break
-            prev = pred
-        if rule.record is not None:
-            rule.record.append(trace)
-        return out, ran, heads
 
     def network_evals_per_sample(self, **overrides) -> int:
         cfg = self.sampler_config(**overrides)

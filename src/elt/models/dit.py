@@ -7,8 +7,8 @@ on c = timestep embedding + class embedding (null class = index num_classes, 10%
 an adaLN final layer and unpatchify. Here the blocks are ``LoopedBackbone(cond_dim=width)``: the
 modulation is computed from c once per network evaluation and reused by every loop, and the final
 layer is shared by every exit (ILSD's student and teacher). The process (shifted-cosine logSNR,
-x0-prediction, sigmoid-weighted MSE, DDPM/DDIM) lives in ``elt.core.diffusion``; EMA weights live in
-this module's state_dict and sample by default.
+x0-prediction, sigmoid-weighted MSE) lives in ``elt.core.diffusion``, the DDPM/DDIM samplers in
+``elt.samplers.diffusion``; EMA weights live in this module's state_dict and sample by default.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from elt.core import diffusion as D
-from elt.core import schedules
 from elt.core.backbone import LoopedBackbone, modulate
 from elt.core.ema import EMA
-from elt.models.base import LoopedGenerativeModule
 from elt.core.positions import sincos_positions
 from elt.encoders.tokenizers import Autoencoder
+from elt.models.base import LoopedGenerativeModule
+from elt.samplers import diffusion as sampling
 
 TIME_FREQ_DIM = 256  # DiT's timestep sinusoid width
 
@@ -209,10 +209,6 @@ class DiTELT(LoopedGenerativeModule):
             self.ema.update(self.parameters())
 
     # ---- sampling ------------------------------------------------------------------------------
-    def denoise(self, z, t, labels, loops: int, cfg_scale: float) -> torch.Tensor:
-        """x̂0 at one sampling step, guided; one network evaluation of 1 or 2 × the batch."""
-        return self.guided_predict({"z": z, "t": t, "labels": labels}, loops, cfg_scale, self.x0_of)
-
     def x0_of(self, out, inputs) -> torch.Tensor:
         """A raw output as x̂0 for its inputs: guidance is linear, so combining x̂0 equals combining ε̂ or v̂."""
         return D.to_x0(out.float(), inputs["z"], self.schedule.logsnr(inputs["t"]), self.prediction)
@@ -221,52 +217,8 @@ class DiTELT(LoopedGenerativeModule):
         """Context in which the parameters hold the EMA weights (a no-op without EMA)."""
         return self.ema.applied(self.parameters()) if enabled and self.ema is not None else nullcontext()
 
-    @torch.no_grad()
     def sample(self, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                progress: bool = False, early_exit=None, stats: dict | None = None, **overrides) -> torch.Tensor:
-        """Ancestral DDPM (or DDIM) from pure noise. ``loops``: an int (the same L at every step) or
-        a loop schedule (elt.core.schedules); ``early_exit``: stop each sample's loops once x̂0 stops
-        changing (elt.core.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
-        [B, steps]: the loops each sample ran and the heads read at every step."""
-        cfg = self.sampler_config(**overrides)
-        labels = labels.to(self.device)
-        shape = (len(labels), *self.autoencoder.latent_shape)
-        steps, cfg_scale = int(cfg["steps"]), float(cfg["cfg_scale"])
-        plan = schedules.resolve(loops, max(steps, 0))
-        rule = schedules.EarlyExit.from_spec(early_exit)
-        criterion = rule.criterion_for("dit") if rule is not None else None
-        if criterion == "noise" and cfg["kind"] != "ddpm":
-            raise schedules.ScheduleError("early_exit.criterion noise needs the ddpm sampler (it weighs x̂0 by the step's noise)")
-        lams = self.schedule.logsnr(torch.linspace(1.0, 0.0, max(steps, 0) + 1, device=self.device))  # sample_loop's grid
-        ran = torch.zeros(len(labels), max(steps, 0), dtype=torch.long, device=self.device)
-        heads = torch.ones(len(labels), max(steps, 0), dtype=torch.long, device=self.device)
-
-        def relative_change(prev, cur, idx):
-            return (cur - prev).flatten(1).norm(dim=1) / cur.flatten(1).norm(dim=1).clamp_min(1e-12)
-
-        def noise_scaled_change(i):
-            """RMS change of the ancestral step's mean (a_s·c·Δx̂0) in units of the noise the step adds
-            (σ_s·√c): a change far below the fresh noise cannot matter. The last step adds none: rel."""
-            if i + 1 >= steps:
-                return relative_change
-            a_s, s_s = D.alpha_sigma(lams[i + 1])
-            weight = a_s * (-torch.expm1(lams[i] - lams[i + 1])).sqrt() / s_s
-            return lambda prev, cur, idx: weight * (cur - prev).flatten(1).pow(2).mean(1).sqrt()
-
-        def denoise(z, t, i):
-            if rule is None:
-                ran[:, i] = plan[i]
-                return self.denoise(z, t, labels, plan[i], cfg_scale)
-            distance = noise_scaled_change(i) if criterion == "noise" else relative_change
-            x0, ran[:, i], heads[:, i] = self.early_exit_predict(
-                {"z": z, "t": t, "labels": labels}, plan[i], cfg_scale, rule, distance, self.x0_of)
-            return x0
-
-        with self.ema_weights(bool(cfg["ema"])):
-            latents = D.sample_loop(
-                denoise, shape, self.schedule, steps, kind=cfg["kind"], generator=generator,
-                device=self.device, clip_x0=cfg["clip_x0"], progress=progress, indexed=True,
-            )
-        if stats is not None:
-            stats.update(loops=ran.cpu(), heads=heads.cpu(), plan=plan)
-        return self.autoencoder.decode(latents)
+        """Ancestral DDPM (or DDIM) from pure noise (elt.samplers.diffusion.sample)."""
+        return sampling.sample(self, labels, loops, generator=generator, progress=progress,
+                               early_exit=early_exit, stats=stats, **overrides)

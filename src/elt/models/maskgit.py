@@ -2,7 +2,7 @@
 
 Bidirectional transformer over [class token, image or video tokens]; loss = cross-entropy on the masked
 positions (cosine mask ratio); 10% label drop trains the null class used by guidance. The sampler
-is MaskGIT's parallel decoding and takes ``loops=L`` like everything else.
+is MaskGIT's parallel decoding (``elt.samplers.maskgit``) and takes ``loops=L`` like everything else.
 """
 from __future__ import annotations
 
@@ -11,26 +11,15 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import trange
 
-from elt.core import schedules
 from elt.core.backbone import LoopedBackbone
-from elt.models.base import LoopedGenerativeModule
 from elt.core.positions import POS_INITS, sincos_1d, sincos_2d
 from elt.encoders.tokenizers import Tokenizer
+from elt.models.base import LoopedGenerativeModule
+from elt.samplers import maskgit as decoding
 
 
-def cosine_schedule(ratio: torch.Tensor | float):
-    """Fraction of tokens still masked at ``ratio`` ∈ [0, 1] of the way through decoding."""
-    return torch.cos(torch.as_tensor(ratio) * math.pi / 2)
-
-
-def gumbel(shape, generator, device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
-    return -torch.log(-torch.log(u))
-
-
-def grid_frames(grid_shape) -> tuple[int, int]:
+def frame_layout(grid_shape) -> tuple[int, int]:
     """(frames, tokens per frame) of a token grid (..., H, W): leading axes are frames, e.g.
     (T, H, W) for video, (1, H, W) for gray images, (4, 16, 16) for MAGVIT's UCF-101 tokens."""
     grid = tuple(int(g) for g in grid_shape)
@@ -80,7 +69,7 @@ class MaskGITELT(LoopedGenerativeModule):
         self.mask_id = vocab
         self.token_embed = nn.Embedding(vocab + 1, width)  # + [MASK]
         self.class_embed = nn.Embedding(num_classes + 1, width)  # + null class for guidance
-        frames, frame_tokens = grid_frames(tokenizer.grid_shape)
+        frames, frame_tokens = frame_layout(tokenizer.grid_shape)
         # factorised positions: [class, one frame's H·W] table + a per-frame table for videos
         self.pos_embed = nn.Parameter(torch.zeros(1, frame_tokens + 1, width))
         self.backbone = LoopedBackbone(
@@ -149,7 +138,7 @@ class MaskGITELT(LoopedGenerativeModule):
         labels = batch["label"]
         b, t = tokens.shape
         dev = tokens.device
-        n_masked = torch.ceil(cosine_schedule(torch.rand(b, generator=generator, device=dev)) * t).long().clamp(1, t)
+        n_masked = torch.ceil(decoding.cosine_schedule(torch.rand(b, generator=generator, device=dev)) * t).long().clamp(1, t)
         rank = torch.rand(b, t, generator=generator, device=dev).argsort(1).argsort(1)
         mask = rank < n_masked[:, None]
         labels = self.drop_labels(labels, generator)
@@ -167,74 +156,8 @@ class MaskGITELT(LoopedGenerativeModule):
         return -(p_teacher * student_logits[m].float().log_softmax(-1)).sum(-1).mean()
 
     # ---- sampling ------------------------------------------------------------------------------
-    @torch.no_grad()
     def sample(self, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                progress: bool = False, early_exit=None, stats: dict | None = None, **overrides) -> torch.Tensor:
-        """MaskGIT parallel decoding. ``loops``: an int (the same L at every step) or a loop
-        schedule (elt.core.schedules); ``early_exit``: stop each sample's loops once successive exits
-        agree (elt.core.schedules.EarlyExit). ``stats``, if a dict, receives ``loops`` and ``heads``
-        [B, steps]: the loops each sample ran and the heads read at every step."""
-        cfg = self.sampler_config(**overrides)
-        steps, dev = int(cfg["steps"]), self.device
-        if steps < 1:
-            raise ValueError(f"sampler steps must be >= 1, got {steps}")
-        plan = schedules.resolve(loops, steps)
-        rule = schedules.EarlyExit.from_spec(early_exit)
-        criterion = rule.criterion_for("maskgit") if rule is not None else None
-        labels = labels.to(dev)
-        b, t = len(labels), self.tokenizer.num_tokens
-        ran = torch.zeros(b, steps, dtype=torch.long, device=dev)
-        heads = torch.ones(b, steps, dtype=torch.long, device=dev)
-        tokens = torch.full((b, t), self.mask_id, dtype=torch.long, device=dev)
-        desc = f"decode L={loops}" if isinstance(loops, int) else f"decode {schedules.name(loops)}"
-        for k in trange(steps, disable=not progress, desc=desc, leave=False):
-            ratio = (k + 1) / steps
-            last = k == steps - 1
-            temp = cfg["temperature_end"] + (cfg["temperature_start"] - cfg["temperature_end"]) * (1 - ratio)
-            # the step's noise, drawn before the network (which draws none): the same numbers in the
-            # same order as drawing after it, and fixed across exits so that their commits compare
-            noise_tok = gumbel((b, t, self.tokenizer.vocab_size), generator, dev)
-            noise_conf = None if last else gumbel((b, t), generator, dev)
-            unknown = tokens == self.mask_id
-
-            def commit(logits, idx=slice(None)):
-                return self.decode_step(logits, tokens[idx], unknown[idx], noise_tok[idx],
-                                        None if last else noise_conf[idx], temp, ratio, cfg, last)
-
-            inputs = {"tokens": tokens, "labels": labels}
-            if rule is None:
-                logits = self.guided_predict(inputs, plan[k], float(cfg["cfg_scale"]))
-                ran[:, k] = plan[k]
-            else:
-                def distance(prev, cur, idx):
-                    if criterion == "kl":
-                        log_cur, log_prev = cur.log_softmax(-1), prev.log_softmax(-1)
-                        kl = (log_cur.exp() * (log_cur - log_prev)).sum(-1)
-                        m = unknown[idx].float()
-                        return (kl * m).sum(1) / m.sum(1).clamp_min(1)
-                    a, c = commit(prev, idx), commit(cur, idx)
-                    committed = (c != self.mask_id) & unknown[idx]
-                    return ((a != c) & unknown[idx]).sum(1).float() / committed.sum(1).clamp_min(1)
-
-                logits, ran[:, k], heads[:, k] = self.early_exit_predict(
-                    inputs, plan[k], float(cfg["cfg_scale"]), rule, distance)
-            tokens = commit(logits)
-        if stats is not None:
-            stats.update(loops=ran.cpu(), heads=heads.cpu(), plan=plan)
-        return self.tokenizer.decode(tokens)
-
-    def decode_step(self, logits, tokens, unknown, noise_tok, noise_conf, temp, ratio, cfg, last):
-        """One parallel-decoding update from a step's logits and its pre-drawn Gumbel noise: sample
-        every masked token, then (except at the last step) re-mask the least confident ones."""
-        t = tokens.shape[1]
-        sampled = (logits / max(temp, 1e-6) + noise_tok).argmax(-1)
-        sampled = torch.where(unknown, sampled, tokens)
-        if last:
-            return sampled
-        conf = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)
-        conf = conf + cfg["choice_temperature"] * (1 - ratio) * noise_conf
-        conf = torch.where(unknown, conf, torch.full_like(conf, float("inf")))
-        n_sched = torch.floor(cosine_schedule(ratio) * t).long().to(tokens.device)
-        n_mask = torch.clamp(torch.minimum(unknown.sum(1) - 1, n_sched), min=1)
-        remask = conf.argsort(1).argsort(1) < n_mask[:, None]  # the least confident
-        return torch.where(remask, torch.full_like(sampled, self.mask_id), sampled)
+        """MaskGIT parallel decoding (elt.samplers.maskgit.sample)."""
+        return decoding.sample(self, labels, loops, generator=generator, progress=progress,
+                               early_exit=early_exit, stats=stats, **overrides)

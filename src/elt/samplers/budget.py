@@ -18,6 +18,7 @@ import torch
 
 from elt.core import flops, schedules
 from elt.runtime.files import fingerprint
+from elt.samplers.early_exit import EarlyExit
 
 CALIBRATION_SEED = 7_919  # never an evaluation seed (those are small integers), so τ and profiles are held out
 CALIBRATION_PER_CLASS = 2
@@ -42,7 +43,7 @@ def change_profile(model, sampler: dict, max_loops: int | None = None, per_class
         raise schedules.ScheduleError(f"a change profile needs at least 2 loops, got max_loops={cap}")
     key = (id(model), fingerprint(sampler), cap, per_class, seed)
     if key not in _PROFILES:
-        rule = schedules.EarlyExit(tau=0.0, record=[])
+        rule = EarlyExit(tau=0.0, record=[])
         gen = torch.Generator(device=model.device).manual_seed(seed)
         model.sample(calibration_labels(model.num_classes, per_class), loops=cap, generator=gen, early_exit=rule, **sampler)
         _PROFILES[key] = rule.record

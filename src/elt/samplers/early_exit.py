@@ -1,0 +1,195 @@
+"""Per-sample early exit: inside each sampling step every sample stops looping once its prediction
+has converged, and the rest of the batch runs on without it.
+
+``EarlyExit`` is the rule (threshold, criterion, earliest exit); ``early_exit_predict`` is one step's
+loop-by-loop prediction on a shrinking batch; the criteria are the distances each family measures
+between two successive exits; ``StepLoops`` is what a sampler holds across its steps: the loop plan,
+the rule, and the loops and heads every sample used (``stats``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from elt.core import guidance, schedules
+from elt.core.diffusion import alpha_sigma
+from elt.core.flops import evals_per_step
+from elt.core.schedules import ScheduleError, is_int
+
+
+@dataclass
+class EarlyExit:
+    """Per-sample early exit inside each sampling step: a sample stops looping once the distance
+    between its predictions at two successive exits falls below ``tau`` (strictly, so ``tau=0``
+    never exits and is the plain sampler). The step's schedule entry is the most it may run.
+
+    criterion: MaskGIT ``commit`` (share of the tokens this step would commit that change between
+    the exits; the step's Gumbel noise is fixed first, so agreement is exact) or ``kl`` (mean KL of
+    the token distributions over still-masked positions); DiT ``rel`` (‖x̂0_l − x̂0_{l−1}‖/‖x̂0_l‖) or
+    ``noise`` (DDPM: the RMS change of the step's posterior mean in units of the noise it adds).
+    ``min_loops``: the earliest exit (≥ 2: loop 1 has nothing to compare with). ``record``: a list
+    to which every step appends the batch-mean distance at each loop (profiling, no exits if tau=0).
+    """
+
+    tau: float
+    criterion: str | None = None
+    min_loops: int = 2
+    record: list | None = None
+
+    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise")}
+
+    def __post_init__(self):
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 0:
+            raise ScheduleError(f"early_exit.tau must be a number >= 0, got {self.tau!r}")
+        if not is_int(self.min_loops) or self.min_loops < 2:
+            raise ScheduleError(f"early_exit.min_loops must be an integer >= 2, got {self.min_loops!r}")
+        self.tau = float(self.tau)
+
+    @classmethod
+    def from_spec(cls, spec) -> "EarlyExit | None":
+        """None, a number (tau), a mapping {tau, criterion, min_loops} or an EarlyExit."""
+        if spec is None or isinstance(spec, cls):
+            return spec
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return cls(tau=spec)
+        if hasattr(spec, "keys"):
+            spec = dict(spec)
+            unknown = set(spec) - {"tau", "criterion", "min_loops"}
+            if unknown or "tau" not in spec:
+                raise ScheduleError(f"early_exit must give tau (and optionally criterion, min_loops), got {sorted(spec)}")
+            return cls(**spec)
+        raise ScheduleError(f"early_exit must be null, a number tau or a mapping {{tau: ..}}, got {spec!r}")
+
+    def criterion_for(self, family: str) -> str:
+        known = self.CRITERIA[family]
+        crit = self.criterion or known[0]
+        if crit not in known:
+            raise ScheduleError(f"early_exit.criterion {crit!r} is not one of {family}'s: {', '.join(known)}")
+        return crit
+
+
+def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: EarlyExit, distance, post=None):
+    """``model.guided_predict`` at most ``loops`` loops, each sample stopping at its own exit.
+
+    Loop by loop on the still-active rows only (under guidance, a sample's conditional and
+    null-class rows leave together): after loop l ≥ ``rule.min_loops`` a sample whose
+    ``distance(prev, cur, idx)`` (per active sample; ``idx`` their batch indices) is below
+    ``rule.tau`` keeps its exit-l prediction and leaves the batch, so later loops run on fewer
+    rows. Heads are read only where a decision needs them (none before the last loop when
+    tau=0 and nothing is recorded, which is then ``guided_predict`` exactly).
+    -> (prediction [B, ...], loops run [B], heads read [B])."""
+    post = post or guidance.as_float
+    b, pair = len(inputs["labels"]), evals_per_step(cfg_scale)
+    feed = guidance.guidance_batch(inputs, cfg_scale, model.num_classes)
+    x, cond = model.embed(feed)
+    x0, mods, bb = x, model.backbone.modulations(cond), model.backbone
+    dev = x.device
+    active = torch.arange(b, device=dev)
+    ran = torch.zeros(b, dtype=torch.long, device=dev)
+    heads = torch.zeros(b, dtype=torch.long, device=dev)
+    probing = rule.tau > 0 or rule.record is not None
+    first_read = max(rule.min_loops - 1, 1)
+    out, prev, trace = None, None, []
+    for loop in range(1, int(loops) + 1):
+        x = bb.apply_loop(x, loop, mods, x0)
+        ran[active] += 1
+        last = loop == int(loops)
+        if not (last or (probing and loop >= first_read)):
+            continue
+        pred = guidance.combine(post(model.readout(x, cond), feed), cfg_scale)
+        heads[active] += 1
+        if out is None:
+            out = torch.empty((b, *pred.shape[1:]), dtype=pred.dtype, device=dev)
+        if prev is not None and loop >= rule.min_loops and (not last or rule.record is not None):
+            dist = distance(prev, pred, active)
+            if rule.record is not None:
+                trace.append(float(dist.float().mean()))
+            done = dist < rule.tau
+            if not last and done.any():
+                out[active[done]] = pred[done]
+                keep = ~done
+                rows = keep.repeat(pair)
+                active, pred = active[keep], pred[keep]
+                x, x0, mods = x[rows], x0[rows], bb.select_mods(mods, rows)
+                cond = None if cond is None else cond[rows]
+                feed = {k: v[rows] for k, v in feed.items()}
+                if not len(active):
+                    break
+        if last:
+            out[active] = pred
+            break
+        prev = pred
+    if rule.record is not None:
+        rule.record.append(trace)
+    return out, ran, heads
+
+
+class StepLoops:
+    """The loops of every sampling step: the schedule's entry (``loops``: an int or a loop schedule,
+    elt.core.schedules), or under early exit as many as each sample needs up to it. Counts the loops
+    each sample ran and the heads it read per step, which ``report`` hands to a sampler's ``stats``."""
+
+    def __init__(self, loops, steps: int, early_exit, family: str, batch: int, device):
+        self.plan = schedules.resolve(loops, steps)
+        self.rule = EarlyExit.from_spec(early_exit)
+        self.criterion = self.rule.criterion_for(family) if self.rule is not None else None
+        self.ran = torch.zeros(batch, steps, dtype=torch.long, device=device)
+        self.heads = torch.ones(batch, steps, dtype=torch.long, device=device)
+
+    def predict(self, model, k: int, inputs: dict, cfg_scale: float, distance, post=None) -> torch.Tensor:
+        """Step ``k``'s guided prediction; ``distance`` is the family's criterion (used under early exit)."""
+        if self.rule is None:
+            self.ran[:, k] = self.plan[k]
+            return model.guided_predict(inputs, self.plan[k], cfg_scale, post)
+        out, self.ran[:, k], self.heads[:, k] = early_exit_predict(
+            model, inputs, self.plan[k], cfg_scale, self.rule, distance, post)
+        return out
+
+    def report(self, stats: dict | None) -> None:
+        if stats is not None:
+            stats.update(loops=self.ran.cpu(), heads=self.heads.cpu(), plan=self.plan)
+
+
+# ---- criteria: distance(prev, cur, idx) between two successive exits of the active samples idx ----
+def token_kl(prev, cur, unknown) -> torch.Tensor:
+    """MaskGIT ``kl``: mean KL(cur ‖ prev) of the token distributions over the still-masked positions."""
+    log_cur, log_prev = cur.log_softmax(-1), prev.log_softmax(-1)
+    kl = (log_cur.exp() * (log_cur - log_prev)).sum(-1)
+    m = unknown.float()
+    return (kl * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def commit_change(before, after, unknown, mask_id: int) -> torch.Tensor:
+    """MaskGIT ``commit``: the share of the tokens ``after`` commits on which the two commits differ."""
+    committed = (after != mask_id) & unknown
+    return ((before != after) & unknown).sum(1).float() / committed.sum(1).clamp_min(1)
+
+
+def maskgit_distance(criterion: str | None, commit, unknown, mask_id: int):
+    """The criterion at one decoding step: ``commit(logits, idx)`` is that step's update (its noise
+    fixed), ``unknown`` [B, T] its still-masked positions."""
+    if criterion == "kl":
+        return lambda prev, cur, idx: token_kl(prev, cur, unknown[idx])
+    return lambda prev, cur, idx: commit_change(commit(prev, idx), commit(cur, idx), unknown[idx], mask_id)
+
+
+def relative_change(prev, cur, idx=None) -> torch.Tensor:
+    """DiT ``rel``: ‖x̂0_l − x̂0_{l−1}‖ / ‖x̂0_l‖ per sample."""
+    return (cur - prev).flatten(1).norm(dim=1) / cur.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+def noise_scaled_change(logsnr_t, logsnr_s):
+    """DiT ``noise``: the RMS change of the ancestral step t → s's mean (a_s·c·Δx̂0) in units of the
+    noise the step adds (σ_s·√c): a change far below the fresh noise cannot matter."""
+    a_s, s_s = alpha_sigma(logsnr_s)
+    weight = a_s * (-torch.expm1(logsnr_t - logsnr_s)).sqrt() / s_s
+    return lambda prev, cur, idx: weight * (cur - prev).flatten(1).pow(2).mean(1).sqrt()
+
+
+def dit_distance(criterion: str | None, logsnrs, i: int, steps: int):
+    """The criterion at sampling step ``i`` of ``steps`` on the λ grid ``logsnrs``; the last step adds
+    no noise, so ``noise`` falls back to ``rel`` there."""
+    if criterion == "noise" and i + 1 < steps:
+        return noise_scaled_change(logsnrs[i], logsnrs[i + 1])
+    return relative_change
