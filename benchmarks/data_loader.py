@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from ilsd_overhead import markdown_table, write_results  # noqa: E402
 from miniature import make_imagenet  # noqa: E402
 
-from elt.data.raw import ImageNetRaw  # noqa: E402
-from elt.data.shards import (RankShardWriter, ShardStream, encoder_fingerprint, merge_records, plan_rank,  # noqa: E402
-                             stored_format)
+from elt.data.raw.images import ImageNetRaw  # noqa: E402
+from elt.data.shards.format import encoder_fingerprint, plan_rank, stored_format  # noqa: E402
+from elt.data.shards.reader import ShardStream  # noqa: E402
+from elt.data.shards.writer import RankShardWriter, merge_records  # noqa: E402
 from elt.encoders.pretrained import DiffusersVQTokenizer  # noqa: E402
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from elt.data.raw import ImageFolderRaw, ImageNetRaw, UCF101Raw, adm_center_crop
+from elt.data.raw.base import adm_center_crop
+from elt.data.raw.images import ImageFolderRaw, ImageNetRaw
+from elt.data.raw.ucf101 import UCF101Raw
 from miniature import (class_color, imagenet_wnids, make_image_folder, make_imagenet, make_ucf101, nearest_class,
                        square_center, ucf_class_ind, ucf_video_name)
 

@@ -16,8 +16,10 @@ from hydra.utils import instantiate
 from conftest import compose_cfg
 from elt.runtime.cli import run_cli
 from elt.runtime.config import ConfigError
-from elt.data.raw import ImageNetRaw
-from elt.data.shards import RankShardWriter, ShardStream, encoder_fingerprint, read_index, read_shard
+from elt.data.raw.images import ImageNetRaw
+from elt.data.shards.format import encoder_fingerprint, read_index
+from elt.data.shards.reader import ShardStream, read_shard
+from elt.data.shards.writer import RankShardWriter
 from elt.jobs.evaluate import STANDARD_EXTRACTORS, evaluate
 from elt.jobs.prepare import prepare
 from elt.jobs.train import train
@@ -387,7 +389,8 @@ def test_training_refuses_shards_of_another_family_or_encoder(imagenet, tmp_path
 def test_world_size_refusals_name_the_setting_to_change(tmp_path):
     """Ranks x workers that the shards cannot feed disjointly stop in one line naming the knob;
     an unfinished split resumed with another number of ranks is refused, a finished one is not."""
-    from elt.data.shards import ShardDataModule, check_compatible
+    from elt.data.shards.datamodule import ShardDataModule
+    from elt.data.shards.format import check_compatible
 
     dm = ShardDataModule(str(tmp_path), batch_size=2, name="imagenet", num_classes=3, image_shape=[3, 8, 8], num_workers=2)
     index = {"num_samples": 24, "shards": [{"samples": 6}] * 4}

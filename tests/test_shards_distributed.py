@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from elt.data.raw import ImageNetRaw
-from elt.data.shards import read_index, read_shard
+from elt.data.raw.images import ImageNetRaw
+from elt.data.shards.format import read_index
+from elt.data.shards.reader import read_shard
 from miniature import make_imagenet
 
 PIXEL_TOKENS = ["data.tokenizer._target_=elt.encoders.tokenizers.PixelTokenizer", "~data.tokenizer.path",

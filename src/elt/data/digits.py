@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from elt.runtime.config import ConfigError
 from elt.data.sampler import ResumablePosition, ResumableSampler
+from elt.data.splits import held_out_mask
 
 
 class ImageLabelDataset(Dataset):
@@ -30,12 +31,7 @@ def digits_split(val_per_class: int = 30, seed: int = 0):
     d = load_digits()
     images = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # [n,1,8,8] in [0,1]
     labels = torch.from_numpy(d.target.astype(np.int64))
-    rng = np.random.default_rng(seed)
-    val_idx = np.concatenate(
-        [rng.permutation(np.flatnonzero(d.target == c))[:val_per_class] for c in range(10)]
-    )
-    is_val = np.zeros(len(labels), dtype=bool)
-    is_val[val_idx] = True
+    is_val = held_out_mask(d.target, 10, val_per_class, seed, "digits")
     tr, va = torch.from_numpy(~is_val), torch.from_numpy(is_val)
     return ImageLabelDataset(images[tr], labels[tr]), ImageLabelDataset(images[va], labels[va])
 
@@ -55,8 +51,6 @@ class InMemoryDataModule(ResumablePosition, L.LightningDataModule):
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_dataset = self.val_dataset = None
-        self.shuffle_seed = 0
-        self._resume = {"epoch": 0, "batches": 0}
 
     def make_splits(self) -> tuple[Dataset, Dataset]:
         raise NotImplementedError
@@ -64,10 +58,6 @@ class InMemoryDataModule(ResumablePosition, L.LightningDataModule):
     def setup(self, stage: str | None = None):
         if self.train_dataset is None:
             self.train_dataset, self.val_dataset = self.make_splits()
-
-    def ranks(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def check_batch_size(self, world: int | None = None) -> None:
         """drop_last with fewer items per rank than one batch trains on nothing: refuse up front."""

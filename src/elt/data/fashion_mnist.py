@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from elt.data.splits import held_out_mask
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 HOW_TO_GET = ("install Debian's package dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist) or put "
               "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
@@ -52,18 +54,6 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return body.reshape(dims)
 
 
-def held_out_mask(labels: np.ndarray, val_per_class: int, seed: int) -> np.ndarray:
-    """Class-stratified held-out items of the training file: the same for every reader of these settings."""
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(labels), dtype=bool)
-    for c in range(len(CLASSES)):
-        idx = np.flatnonzero(labels == c)
-        if val_per_class > len(idx):
-            raise ValueError(f"FashionMNIST: val_per_class={val_per_class} but class {c} has {len(idx)} training images")
-        mask[rng.permutation(idx)[:val_per_class]] = True
-    return mask
-
-
 class FashionMNISTRaw(Dataset):
     """One split as ``{"image": float32 [1, 28, 28] in [0, 1], "label": int, "key": str}``; all of
     it in memory (47 MB for the training file), so reads are free and there is nothing to skip."""
@@ -89,7 +79,7 @@ class FashionMNISTRaw(Dataset):
             raise ValueError(f"FashionMNIST: {root}: label {labels.max()} outside 0..{len(CLASSES) - 1}")
         index = np.arange(len(labels))
         if split != "test" and val_per_class:
-            mask = held_out_mask(labels, int(val_per_class), int(split_seed))
+            mask = held_out_mask(labels, len(CLASSES), int(val_per_class), int(split_seed), self.name)
             index = index[mask if split == "val" else ~mask]
         elif split == "val":
             raise ValueError("FashionMNIST: split=val needs val_per_class > 0 (it is held out of the training file)")

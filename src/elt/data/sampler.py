@@ -28,8 +28,18 @@ class ResumableSampler(DistributedSampler):
 class ResumablePosition:
     """A LightningDataModule mix-in: the training position inside the epoch travels in the
     checkpoint (Lightning saves a datamodule's ``state_dict``), so a resumed run skips exactly the
-    batches already trained on. The module keeps ``self._resume`` ({"epoch", "batches"}, updated
-    in place: its loaders may hold a reference) and ``self.shuffle_seed``."""
+    batches already trained on. ``self._resume`` ({"epoch", "batches"}) is updated in place: the
+    module's loaders may hold a reference. train.py sets ``shuffle_seed`` to the run's seed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shuffle_seed = 0
+        self._resume = {"epoch": 0, "batches": 0}
+
+    def ranks(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def state_dict(self) -> dict:
         trainer = self.trainer

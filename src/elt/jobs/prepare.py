@@ -20,10 +20,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from elt.data.shards.format import (FORMAT, INDEX, PROGRESS, check_compatible, encoder_fingerprint, plan_rank,
+                                    preprocessing, read_index, stored_format)
+from elt.data.shards.writer import RankShardWriter, merge_records
 from elt.runtime.cli import one_line
-from elt.runtime.config import ConfigError
-from elt.data.shards import (FORMAT, INDEX, PROGRESS, RankShardWriter, check_compatible, encoder_fingerprint,
-                             merge_records, plan_rank, preprocessing, read_index, stored_format)
+from elt.runtime.config import ConfigError, require_int
 from elt.runtime.files import write_text_atomic
 from elt.runtime.precision import lightning_precision
 
@@ -83,11 +84,11 @@ class SplitData(L.LightningDataModule):
 
     def predict_dataloader(self):
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        for stale in self.dir.glob(f".shard-r{rank}-*.tar.tmp"):  # a shard cut off mid-write: redone
-            stale.unlink()
-        self.writer = RankShardWriter(self.dir, rank, plan_rank(len(self.raw), world, rank, self.shard_size), self.fmt)
+        plan = plan_rank(len(self.raw), world, rank, self.shard_size)
+        self.writer = RankShardWriter(self.dir, rank, plan, self.fmt)
+        self.writer.discard_partial()
         items = self.writer.pending_items()
-        kept = len(plan_rank(len(self.raw), world, rank, self.shard_size)) - len(self.writer.pending)
+        kept = len(plan) - len(self.writer.pending)
         if kept:
             log.info("%s rank %d: %d finished shard(s) kept, %d to write", self.dir.name, rank, kept,
                      len(self.writer.pending))
@@ -149,9 +150,7 @@ def check_config(cfg: DictConfig) -> list[str]:
     if unknown:
         raise ConfigError(f"prepare.splits: {unknown} not in data.raw ({list(raw.keys())})")
     for key in ("shard_size", "batch_size"):
-        value = cfg.prepare.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"prepare.{key} must be an integer >= 1, got {value!r}")
+        require_int(cfg, f"prepare.{key}", 1)
     if "tokenizer" not in cfg.model and "autoencoder" not in cfg.model:
         raise ConfigError(f"model={cfg.model.get('name')}: has neither a tokenizer nor an autoencoder to encode with")
     return list(splits)

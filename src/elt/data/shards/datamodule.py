@@ -1,0 +1,189 @@
+"""The datamodule train.py and eval.py build for a sharded dataset: shards for training and
+validation, the raw reader for evaluation's real images."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from elt.data.sampler import ResumablePosition
+from elt.data.shards.format import INDEX, encoder_fingerprint, read_index, stored_format
+from elt.data.shards.reader import EpochLoader, ShardStream
+from elt.runtime.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def prepare_hint(name: str, root: Path) -> str:
+    return (f"write them once with: python prepare.py data={name} model=<maskgit_elt|dit_elt> data.raw_root=<raw data> "
+            f"data.root={root}")
+
+
+class ShardDataModule(ResumablePosition, L.LightningDataModule):
+    """Training and validation from the shards prepare.py wrote (the stream of ``reader``); real
+    images for evaluation (``train_dataset`` / ``val_dataset``) from the raw reader of ``raw`` when
+    ``raw_root`` is set, decoded only as items are read."""
+
+    def __init__(self, root: str, batch_size: int, name: str, num_classes: int, image_shape, num_workers: int = 0,
+                 raw: dict | None = None, raw_root: str | None = None, shuffle_buffer: int = 1000,
+                 skip_bad: bool = False, max_bad_fraction: float = 0.001, train_split: str = "train",
+                 val_split: str = "val"):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if not 0 <= float(max_bad_fraction) < 1:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1), got {max_bad_fraction}")
+        self.root, self.batch_size, self.num_workers = Path(root), int(batch_size), int(num_workers)
+        self.name, self.num_classes, self.image_shape = name, int(num_classes), tuple(int(s) for s in image_shape)
+        self.raw, self.raw_root = dict(raw or {}), raw_root
+        self.shuffle_buffer, self.skip_bad, self.max_bad_fraction = int(shuffle_buffer), bool(skip_bad), float(max_bad_fraction)
+        self.splits = {"train": train_split, "val": val_split}
+        self.index: dict[str, dict | None] = {}
+        self._raw_cache: dict[str, object] = {}
+        self.skipped = 0
+
+    # ---- shards --------------------------------------------------------------------------------
+    def split_dir(self, stage: str) -> Path:
+        return self.root / self.splits[stage]
+
+    def load_index(self, stage: str, required: bool) -> dict | None:
+        d = self.split_dir(stage)
+        index = read_index(d)
+        if index is None:
+            if required:
+                raise FileNotFoundError(f"{self.name}: data directory not found: no shards at {d / INDEX}; "
+                                        f"{prepare_hint(self.name, self.root)}")
+            return None
+        if not index.get("complete"):
+            raise FileNotFoundError(f"{self.name}: {d} is only partly written ({len(index.get('shards', []))} shards); "
+                                    f"rerun prepare.py with the same settings to finish it")
+        return index
+
+    def setup(self, stage: str | None = None):
+        if stage in (None, "fit", "validate") and not self.index:  # None (evaluation): shards optional
+            self.index = {"train": self.load_index("train", stage == "fit"),
+                          "val": self.load_index("val", stage == "validate")}
+            if self.trainer is not None:
+                self.check_model(self.trainer.lightning_module)
+
+    def check_model(self, model) -> None:
+        """The model must consume what the shards hold, encoded by the encoder it decodes with."""
+        encoder = getattr(model, "tokenizer", None) or getattr(model, "autoencoder", None)
+        if encoder is None:
+            return
+        for stage, index in self.index.items():
+            if index is None:
+                continue
+            s = index["settings"]
+            want, fp = stored_format(encoder), encoder_fingerprint(encoder)
+            if s["kind"] != want["kind"]:
+                raise ConfigError(f"{self.split_dir(stage)} holds {s['kind']} but {type(model).__name__} trains on "
+                                  f"{want['kind']}: point data.root at shards prepared with this model family")
+            if s["fingerprint"] != fp:
+                raise ConfigError(f"{self.split_dir(stage)} was encoded by {s['encoder']} (fingerprint {s['fingerprint']}), "
+                                  f"the model's {type(encoder).__name__} is {fp}: train with the encoder the shards "
+                                  f"were prepared with (data.tokenizer / data.autoencoder)")
+            if list(s["shape"]) != want["shape"]:
+                raise ConfigError(f"{self.split_dir(stage)}: samples are {s['shape']}, the model expects {want['shape']}")
+
+    def batches_per_epoch(self, index: dict, world: int) -> int:
+        workers = max(1, self.num_workers)
+        per_rank = index["num_samples"] // world // self.batch_size // workers * workers
+        if per_rank < 1:
+            raise ConfigError(f"data.batch_size ({self.batch_size}) x {world} rank(s) x {workers} worker(s) is more than "
+                              f"the {index['num_samples']} training samples in {self.split_dir('train')}: no full "
+                              f"batch per worker to train on")
+        shards = sum(1 for s in index["shards"] if s["samples"] > 0)
+        if shards < world * workers:
+            raise ConfigError(f"{self.split_dir('train')} has {shards} shards, fewer than {world} rank(s) x {workers} "
+                              f"worker(s) (data.num_workers): lower data.num_workers or prepare with a smaller "
+                              f"prepare.shard_size")
+        return per_rank
+
+    def train_dataloader(self):
+        world, rank = self.ranks()
+        index = self.index.get("train") or self.load_index("train", True)
+        stream = ShardStream(self.split_dir("train"), index, self.batch_size, rank, world, train=True,
+                             seed=self.shuffle_seed, batches=self.batches_per_epoch(index, world),
+                             shuffle_buffer=self.shuffle_buffer, skip_bad=self.skip_bad,
+                             max_bad_fraction=self.max_bad_fraction)
+        epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: stream.epoch)
+        return EpochLoader(stream, epoch_fn, self._resume, num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        index = self.index.get("val")
+        if index is None:
+            log.info("%s: no validation shards in %s: validation skipped", self.name, self.split_dir("val"))
+            return []
+        world, rank = self.ranks()
+        workers = min(self.num_workers, len(index["shards"]))
+        stream = ShardStream(self.split_dir("val"), index, self.batch_size, rank, world, train=False,
+                             skip_bad=self.skip_bad, max_bad_fraction=self.max_bad_fraction, workers=workers)
+        return DataLoader(stream, batch_size=None, num_workers=workers)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Errors from the loader workers as one line; skipped samples counted and logged."""
+        if "error" in batch:
+            raise ValueError(batch["error"])
+        skipped = int(batch.pop("skipped", 0))
+        if skipped:
+            self.skipped += skipped
+            log.warning("%s: %d bad sample(s) skipped so far (data.skip_bad=true)", self.name, self.skipped)
+        return batch
+
+    def teardown(self, stage: str | None = None):
+        if self.skipped:
+            log.warning("%s: %d bad sample(s) skipped in total on this rank", self.name, self.skipped)
+
+    # ---- real images (evaluation) ---------------------------------------------------------------
+    def raw_dataset(self, stage: str):
+        split = self.splits[stage]
+        if split not in self._raw_cache:
+            if self.raw_root in (None, "", "None", "null"):
+                return RawUnavailable(self, stage)
+            if split not in self.raw:
+                raise ConfigError(f"{self.name}: data.raw has no reader for split {split!r}")
+            from hydra.utils import instantiate
+
+            node = dict(self.raw[split])
+            if "flip" in node:
+                node["flip"] = "none"  # the real reference set: each image once, as it is
+            self._raw_cache[split] = instantiate(node)
+        return self._raw_cache[split]
+
+    @property
+    def train_dataset(self):
+        return self.raw_dataset("train")
+
+    @property
+    def val_dataset(self):
+        return self.raw_dataset("val")
+
+
+class RawUnavailable(torch.utils.data.Dataset):
+    """A split's real images when ``data.raw_root`` is unset: its size is known from the shard
+    index, but reading an item or the labels stops with one line saying what evaluation needs."""
+
+    def __init__(self, dm: ShardDataModule, stage: str):
+        self.dm, self.stage = dm, stage
+
+    def fail(self):
+        raise ConfigError(f"{self.dm.name}: evaluation reads real {self.dm.splits[self.stage]} images from data.raw_root, "
+                          f"which this run's config leaves unset: pass data.raw_root=<raw data> to eval.py, "
+                          f"or give eval.reference_stats and eval.reference_rows=false")
+
+    def __len__(self) -> int:
+        index = self.dm.index.get(self.stage) or read_index(self.dm.split_dir(self.stage))
+        if index is None:
+            self.fail()
+        return int(index.get("num_samples", 0))
+
+    @property
+    def labels(self):
+        self.fail()
+
+    def __getitem__(self, i):
+        self.fail()
