@@ -18,7 +18,8 @@ from elt.runtime.cli import run_cli
 from elt.runtime.config import ConfigError
 from elt.data.raw import ImageNetRaw
 from elt.data.shards import RankShardWriter, ShardStream, encoder_fingerprint, read_index, read_shard
-from elt.jobs.evaluate import STANDARD_EXTRACTORS, evaluate
+from elt.evaluation.extractors import STANDARD_EXTRACTORS
+from elt.jobs.evaluate import evaluate
 from elt.jobs.prepare import prepare
 from elt.jobs.train import train
 from helpers import TinyI3D

@@ -119,3 +119,6 @@ class JudgeExtractor(FeatureExtractor):
         with single_thread():  # as in training: 2 busy threads made scoring 3000 videos 22 s instead of 0.5 s
             features, logits = self.net.features(x)
         return {"features": features, "logits": logits}
+
+
+STANDARD_EXTRACTORS = {"inception": InceptionV3, "i3d": I3D}  # eval.extractors names of the literature's networks
