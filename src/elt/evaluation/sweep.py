@@ -130,7 +130,7 @@ class LoopSweep:
         }
         if self.video:  # videos: the animated grids are part of a row's output
             common["gif_fps"] = s.gif_fps
-        # keyed only when set, so rows cached before these options existed stay valid
+        # keyed only when set: without them a row's key is that of the plain settings
         common.update({k: v for k, v in [("reference_stats", npz and npz["fingerprint"]),
                                          ("reference_per_class", s.reference_per_class)] if v is not None})
         self.trivial_per_class = None  # None: the whole training split
