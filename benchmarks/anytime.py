@@ -39,7 +39,8 @@ from elt.core import flops  # noqa: E402
 from elt.samplers.early_exit import EarlyExit  # noqa: E402
 from elt.evaluation import judges  # noqa: E402
 from elt.runtime.distributed import Ranks  # noqa: E402
-from elt.jobs.evaluate import LoopSweep, balanced_labels, prepare  # noqa: E402
+from elt.evaluation.sweep import LoopSweep, balanced_labels  # noqa: E402
+from elt.jobs.evaluate import load_for_evaluation  # noqa: E402
 from elt.jobs.pareto import Search, calibrate_tau, front_figure, run_search  # noqa: E402
 from elt.evaluation.plots import save_figure  # noqa: E402
 from elt.runtime.files import write_text_atomic  # noqa: E402
@@ -98,7 +99,7 @@ def early_exit(name: str, spec: dict, metric: str, criterion: str, taus: list[fl
     """τ calibrated on held-out draws at the paper's L = Lmax point, then the 3 seeds with and without."""
     cfg = config(name, spec, None)
     ranks = Ranks()
-    model, train_cfg, s, sampler, device, prec, npz = prepare(cfg, ranks)
+    model, train_cfg, s, sampler, device, prec, npz = load_for_evaluation(cfg, ranks)
     sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, prec, ranks, npz)
     search = Search(sweep, Path(cfg.eval.output_dir))
     p = search.point(int(sampler["steps"]), model.Lmax)
@@ -155,7 +156,7 @@ def wall_pairs(model, sampler: dict, device, rule: dict, label: str) -> dict | N
 
 def remeasure_wall(name: str, spec: dict, entries: list[dict]) -> None:
     """``--wall-pairs``: the pairs of finished early-exit entries again, e.g. on a machine that is now idle."""
-    model, _, _, sampler, device, _, _ = prepare(config(name, spec, None), Ranks())
+    model, _, _, sampler, device, _, _ = load_for_evaluation(config(name, spec, None), Ranks())
     for e in entries:
         rule = {"tau": e["tau"], **(exit_rule(model, e["criterion"]) or {})}
         e["wall"] = wall_pairs(model, sampler, device, rule, f"{name} {e['criterion']}")

@@ -167,7 +167,7 @@ def test_too_few_samples_per_class_for_the_is_splits_is_said_before_sampling(tin
         return original(model, *a, **k)
 
     monkeypatch.setattr(MaskGITELT, "sample", sample)
-    with caplog.at_level(logging.WARNING, logger="elt.jobs.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="elt.evaluation.settings"):
         result = evaluate(eval_cfg(tiny_ckpt, tmp_path / "eval", eval_cache, "eval.samples_per_class=1", "eval.loops=[1]",
                                    "eval.reference_rows=false"))
     rows = result["rows"]
@@ -347,7 +347,8 @@ def test_reconstruction_row_runs_the_floor_images_through_the_models_tokenizer(t
 @pytest.mark.parametrize("source", ["training overrides", "checkpoint"])
 def test_warm_caches_the_judge_and_references_that_an_eval_then_only_reads(source, tiny_ckpt, tmp_path, monkeypatch,
                                                                            capsys):
-    from elt.evaluation import judges, warm
+    from elt.evaluation import judges
+    from elt.jobs import warm
 
     cache = tmp_path / "cache"  # empty: the warm-up has to train and compute, not find the session's caches
     warm.main([f"paths.cache_dir={cache}", "data.batch_size=16" if source != "checkpoint" else f"ckpt_path={tiny_ckpt}"])

@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 from elt.runtime.checkpoint import load_run
 from elt.runtime.cli import run_cli
 from elt.runtime.config import ConfigError
-from elt.jobs.evaluate import STANDARD_EXTRACTORS, evaluate
+from elt.evaluation.extractors import STANDARD_EXTRACTORS
+from elt.jobs.evaluate import evaluate
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.extractors import FeatureExtractor
 from elt.evaluation.metrics import FeatureStats, frechet_distance

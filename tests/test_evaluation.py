@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from elt.evaluation import extractors as ex
 from elt.evaluation.baselines import IndependentTokens
 from elt.core.flops import gflops_per_sample
-from elt.jobs.evaluate import balanced_labels, parse_loops, read_settings
+from elt.evaluation.settings import parse_loops, read_settings
+from elt.evaluation.sweep import balanced_labels
 from elt.evaluation.metrics import FeatureStats, frechet_distance, inception_score, precision_recall
 from elt.evaluation.plots import grid_array
 from elt.evaluation.scoring import Scorer, reference_statistics

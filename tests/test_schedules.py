@@ -112,7 +112,7 @@ def test_eval_schedules_are_validated_before_any_work():
     from omegaconf import OmegaConf
 
     from elt.runtime.config import ConfigError
-    from elt.jobs.evaluate import read_settings
+    from elt.evaluation.settings import read_settings
     from conftest import compose_cfg
 
     cfg = compose_cfg("eval", ["ckpt_path=x", "eval.schedules=[linear:1-3,bad:2]"])

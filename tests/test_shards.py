@@ -20,7 +20,8 @@ from elt.data.raw.images import ImageNetRaw
 from elt.data.shards.format import encoder_fingerprint, read_index
 from elt.data.shards.reader import ShardStream, read_shard
 from elt.data.shards.writer import RankShardWriter
-from elt.jobs.evaluate import STANDARD_EXTRACTORS, evaluate
+from elt.evaluation.extractors import STANDARD_EXTRACTORS
+from elt.jobs.evaluate import evaluate
 from elt.jobs.prepare import prepare
 from elt.jobs.train import train
 from helpers import TinyI3D

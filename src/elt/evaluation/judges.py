@@ -65,8 +65,7 @@ class MovingDigitsCNN3D(ConvJudge):
     the features (the FVD space) can encode motion, which a per-frame classifier cannot.
 
     ``aux_head`` predicts the motion direction, in training only: with the class loss alone the
-    features kept little motion (recipe v1: held-out videos frozen at their first frame scored FVD 38
-    against 3.9 for the real ones; with the motion loss 436 against 9.2)."""
+    features keep little motion, so videos frozen at their first frame would score close to real ones."""
 
     def __init__(self, num_classes: int = 10, num_motions: int = len(DIRECTIONS), channels: int = 1):
         super().__init__(nn.Sequential(
@@ -79,8 +78,8 @@ class MovingDigitsCNN3D(ConvJudge):
 
 
 class FashionCNN(ConvJudge):
-    """~110k parameters for 28×28 gray images (Fashion-MNIST); narrow, so 4 epochs over 59k images
-    train on one thread in about two minutes."""
+    """~110k parameters for 28×28 gray images (Fashion-MNIST); narrow, so that its 4 epochs over the
+    training split stay short on the one thread a pinned judge trains on."""
 
     def __init__(self, num_classes: int = 10, channels: int = 1):
         super().__init__(nn.Sequential(
@@ -129,12 +128,10 @@ def register_judge(dataset: str, recipe: JudgeRecipe) -> None:
 
 
 register_judge("digits", JudgeRecipe(build=DigitsCNN, version="digits_cnn-v2"))
-# Measured on one thread (default data): 10-18 s; held-out class accuracy 95.3%, motion (the first
-# visible move) 100%. No random_shift: the data already shows every digit at every position, a
-# shift cuts ink off digits touching a wall and moves their bounce off it, and it never helped
-# (measured with v1, whose motion label was the initial direction: 95.3% / 72.0% with, 95.7% / 72.7% without).
 register_judge("fashion_mnist", JudgeRecipe(build=FashionCNN, version="fashion_mnist_cnn-v1", epochs=4,
                                             batch_size=128, min_val_accuracy=0.85))
+# Moving digits without random_shift: the data already show every digit at every position, and a
+# shift cuts ink off digits touching a wall and moves their bounce off it.
 register_judge("moving_digits", JudgeRecipe(build=MovingDigitsCNN3D, version="moving_digits_cnn3d-v3",
                                             epochs=10, batch_size=32, augment=None, aux_target="motion"))
 
@@ -179,9 +176,8 @@ def accuracy(net: nn.Module, dataset, target: str = "label", batch_size: int = 5
 def reproducible(seed: int):
     """Training whose weights depend on the seed, the data and the kernels only: the caller's RNG
     stream is left untouched (fork_rng), one thread, oneDNN off, deterministic algorithms. This
-    does not make two CPUs agree: measured on the digits judge, ATen's AVX-512 and portable kernels
-    still gave other weights here (one or two threads did not), which is what the pinned process
-    below is for."""
+    does not make two CPUs agree: ATen's AVX-512 and portable kernels give other weights, which is
+    what the pinned process below is for."""
     before = torch.are_deterministic_algorithms_enabled()
     with torch.random.fork_rng(), single_thread(), torch.backends.mkldnn.flags(enabled=False):
         torch.use_deterministic_algorithms(True)
@@ -217,11 +213,10 @@ def train_judge(recipe: JudgeRecipe, num_classes: int, train_dataset, seed: int 
 
 
 # Which kernels run depends on the CPU (AVX2 or AVX-512 code in ATen and MKL, oneDNN's convolutions),
-# and over 15 epochs those last-bit differences grow into another judge (measured: held-out accuracy
-# 99.0% with ATen's AVX-512 kernels, 98.7% with its AVX2 ones, same seed and data). Judges are
-# therefore trained in a fresh process pinned to ATen's portable kernels, MKL's conditional numerical
-# reproducibility mode, no oneDNN and one thread: the same weights on any x86 machine with the same
-# packages, at ~2x the training time (seconds).
+# and over many epochs those last-bit differences grow into another judge, with another held-out
+# accuracy. Judges are therefore trained in a fresh process pinned to ATen's portable kernels, MKL's
+# conditional numerical reproducibility mode, no oneDNN and one thread: the same weights on any x86
+# machine with the same packages, at about twice the training time.
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

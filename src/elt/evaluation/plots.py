@@ -1,5 +1,5 @@
 """Sample grids (animated for videos) and the two curves of the sweep: quality vs loop count,
-quality vs GFLOPs."""
+quality vs GFLOPs (with the loop schedules as points)."""
 from __future__ import annotations
 
 import functools
@@ -134,6 +134,21 @@ def quality_figure(rows: list[dict], metrics: list[str], x: str, xlabel: str, ti
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def add_schedule_points(fig, rows: list[dict], metrics: list[str]) -> None:
+    """The schedule rows as labelled diamonds on the quality-vs-GFLOPs panels, beside the fixed-L curve."""
+    points = [r for r in rows if r["row"] == "schedule" and r.get("gflops_per_sample") is not None]
+    if not points:
+        return
+    for ax, m in zip(fig.axes, metrics):
+        sel = [r for r in points if finite(r.get(m))]
+        ax.scatter([r["gflops_per_sample"] for r in sel], [r[m] for r in sel], marker="D", color="C3", zorder=3,
+                   label="loop schedules")
+        for r in sel:
+            ax.annotate(r["name"].removeprefix("schedule "), (r["gflops_per_sample"], r[m]), textcoords="offset points",
+                        xytext=(4, -8), fontsize=6, color="C3")
+    fig.axes[0].legend(fontsize=7)
 
 
 def save_figure(fig, path: Path) -> Path:

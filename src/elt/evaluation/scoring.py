@@ -123,7 +123,7 @@ def reference_statistics(extractor: FeatureExtractor, dataset, tag: str, data_ke
     computed once per (dataset split, extractor weights, subset) and cached as ``<cache_dir>/``
     ``reference/<tag>_<extractor>_<key>.npz``. ``per_class``: only a class-balanced subset of at
     most that many items per class (``num_classes`` classes), drawn only on a cache miss."""
-    subset = {"per_class": per_class} if per_class else {}  # the whole split keeps its old cache key
+    subset = {"per_class": per_class} if per_class else {}  # keyed only when set: the whole split's key names no subset
     key = fingerprint({"data": data_key, "extractor": extractor.fingerprint, "tag": tag, **subset})
     path = Path(cache_dir) / "reference" / f"{tag}{f'_{per_class}pc' if per_class else ''}_{extractor.name}_{key}.npz"
     if path.is_file():

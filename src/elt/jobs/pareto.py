@@ -28,11 +28,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from elt.core import flops, schedules
+from elt.evaluation.plots import save_figure
+from elt.evaluation.sweep import LoopSweep, RowCache, balanced_labels, schedule_key
+from elt.jobs.evaluate import load_for_evaluation
 from elt.runtime.cli import launch, run_cli
 from elt.runtime.config import ConfigError
 from elt.runtime.distributed import Ranks
-from elt.jobs.evaluate import LoopSweep, RowCache, balanced_labels, prepare, schedule_key
-from elt.evaluation.plots import save_figure
 from elt.runtime.files import fingerprint, write_text_atomic
 from elt.samplers.budget import CALIBRATION_SEED, resolve_schedule, run_lengths
 
@@ -151,7 +152,7 @@ def run_search(cfg: DictConfig) -> dict:
     if ranks.world > 1:
         raise ConfigError("elt.jobs.pareto runs in one process; launch it without torchrun")
     budget = read_budget(cfg)
-    model, train_cfg, s, sampler, device, prec, npz = prepare(cfg, ranks)
+    model, train_cfg, s, sampler, device, prec, npz = load_for_evaluation(cfg, ranks)
     pc = cfg.pareto
     seeds = _list(cfg, "pareto.seeds", [0, 1, 2])
     steps_list = _list(cfg, "pareto.steps", default_steps(int(sampler["steps"])))

@@ -20,12 +20,14 @@ import sys
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from elt.evaluation.references import judges_and_references
+from elt.evaluation.scoring import load_reference_npz
+from elt.evaluation.settings import read_settings
+from elt.jobs.evaluate import stored_run
 from elt.runtime.cli import one_line, run_cli
 from elt.runtime.config import compose
 from elt.runtime.distributed import Ranks
-from elt.jobs.evaluate import judges_and_references, read_settings, stored_run
 from elt.runtime.devices import pick_device
-from elt.evaluation.scoring import load_reference_npz
 
 log = logging.getLogger(__name__)
 
