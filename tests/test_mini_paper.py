@@ -145,7 +145,7 @@ def test_report_from_results(tmp_path):
     assert "estimate from these times: 144 CPU-minutes of commands, about 72 min wall" in text
 
 
-@pytest.mark.slow  # the whole two-stage path of both families at toy size: ~2 min on a busy 2-core machine
+@pytest.mark.slow  # the whole two-stage path of both families at toy size: minutes on a CPU
 @pytest.mark.parametrize("family", ["maskgit", "dit"])
 def test_two_stage_pipeline_end_to_end_on_miniature_idx(family, tmp_path, train_cfg, monkeypatch):
     import dataclasses
