@@ -2,7 +2,7 @@
 
 The paper reports ELT / baseline sampling throughput at batch 8 of B 6N×2L 1.0×, L 8N×3L 2.9×, XL 7N×4L 3.3×,
 H 8N×4L 3.5× (an accelerator's gain from fewer weight transfers: N unique layers stay in cache across the L
-loops). The rows are elt.experiments.paper.THROUGHPUT, built from their experiment configs; ELT and baseline are timed
+loops). The rows are elt.experiments.paper.rows.THROUGHPUT, built from their experiment configs; ELT and baseline are timed
 interleaved in one run (median and min–max over repetitions) on whatever device is present, bf16 autocast
 where the device has native bf16 (elt.runtime.precision). Modes:
 
@@ -38,7 +38,8 @@ from activation_memory import status_kib  # noqa: E402  (same folder)
 from ilsd_overhead import interleaved, markdown_table, write_results  # noqa: E402
 
 from elt.runtime import precision  # noqa: E402
-from elt.experiments.paper import THROUGHPUT, ShapeTokenizer, compose_row  # noqa: E402
+from elt.experiments.paper.rows import THROUGHPUT, compose_row  # noqa: E402
+from elt.experiments.paper.shapes import ShapeTokenizer  # noqa: E402
 
 BATCH = 8
 REDUCED = {"width_divisor": 8, "heads": 4, "grid": (8, 8), "steps": 4}

@@ -8,21 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from elt.experiments import mini_paper as mp
+from elt.experiments import runner
+from elt.experiments.mini_paper import arms, budget, claims, plan, report, stats
+from elt.experiments.mini_paper.__main__ import main as mini_main
+
+RAW = "/fashion-mnist"  # never read: the plan only writes it into the commands
 
 
 def test_compare_uses_the_spread_of_the_seeds():
-    assert mp.compare([10.0, 10.5, 9.5], [20.0, 21.0, 19.0])["outcome"] == "better"
-    assert mp.compare([20.0, 21.0, 19.0], [10.0, 10.5, 9.5])["outcome"] == "worse"
+    assert stats.compare([10.0, 10.5, 9.5], [20.0, 21.0, 19.0])["outcome"] == "better"
+    assert stats.compare([20.0, 21.0, 19.0], [10.0, 10.5, 9.5])["outcome"] == "worse"
     # the same means with a wide spread: not told apart
-    wide = mp.compare([2.0, 10.0, 18.0], [12.0, 14.0, 10.0])
+    wide = stats.compare([2.0, 10.0, 18.0], [12.0, 14.0, 10.0])
     assert wide["outcome"] == "tie" and not wide["provisional"]
     assert wide["margin"] == pytest.approx(2 * ((64 / 3) + (4 / 3)) ** 0.5)
-    one = mp.compare([10.0], [10.4])  # one seed: 5% of the means, provisional
+    one = stats.compare([10.0], [10.4])  # one seed: 5% of the means, provisional
     assert one["outcome"] == "tie" and one["provisional"] and one["margin"] == pytest.approx(0.51)
-    assert mp.compare([10.0], [11.0])["outcome"] == "better"
+    assert stats.compare([10.0], [11.0])["outcome"] == "better"
     with pytest.raises(ValueError):
-        mp.compare([], [1.0])
+        stats.compare([], [1.0])
 
 
 def seeds(m: float, spread: float = 0.2) -> list[float]:
@@ -38,11 +42,11 @@ def paper_like() -> dict:
 
 
 def verdicts(arms) -> list[str]:
-    return [c["verdict"] for c in mp.claims(arms)]
+    return [c["verdict"] for c in claims.claims(arms)]
 
 
 def test_numbers_that_follow_the_paper_reproduce_every_claim():
-    got = mp.claims(paper_like())
+    got = claims.claims(paper_like())
     assert len(got) == 5 and [c["verdict"] for c in got] == ["reproduced"] * 5
     assert not any(c["provisional"] for c in got)
 
@@ -64,45 +68,45 @@ def test_numbers_against_the_paper_do_not_reproduce():
 
 def test_one_seed_verdicts_are_provisional():
     arms = {a: {L: v[:1] for L, v in by.items()} for a, by in paper_like().items()}
-    got = mp.claims(arms)
+    got = claims.claims(arms)
     assert all(c["provisional"] for c in got) and got[1]["verdict"] == "reproduced"
 
 
 def test_plan_quick_and_full(tmp_path):
-    quick = mp.plan(tmp_path, quick=True)
+    quick = plan.plan(tmp_path, quick=True, raw_root=RAW)
     names = [t.name for t in quick]
-    assert names[:3] == ["stage_one_vq", "judge", "prepare_maskgit"] and len(names) == 3 + 2 * len(mp.ARMS)
+    assert names[:3] == ["stage_one_vq", "judge", "prepare_maskgit"] and len(names) == 3 + 2 * len(arms.ARMS)
     # every training before any evaluation
-    assert names[3:] == [f"{step}_maskgit_{arm}_s0" for step in ("train", "eval") for arm in mp.ARMS]
+    assert names[3:] == [f"{step}_maskgit_{arm}_s0" for step in ("train", "eval") for arm in arms.ARMS]
     ev = {t.name: t for t in quick}["eval_maskgit_vanilla_s0"]
     assert ev.deps == ["train_maskgit_vanilla_s0", "judge"]
     assert "eval.extra_loops=2" in ev.cmd
-    full = mp.plan(tmp_path, quick=False)
+    full = plan.plan(tmp_path, quick=False, raw_root=RAW)
     trains = [t for t in full if t.name.startswith("train_")]
-    assert len(trains) == 2 * len(mp.ARMS) * 3 and {t.name for t in full} >= {"stage_one_kl", "prepare_dit"}
+    assert len(trains) == 2 * len(arms.ARMS) * 3 and {t.name for t in full} >= {"stage_one_kl", "prepare_dit"}
     base = {t.name: t for t in full}["train_dit_baseline_s2"]
     assert {"N=8", "Lmax=1", "seed=2", "experiment=mini/fashion_dit", "ckpt_path=last"} <= set(base.cmd)
 
 
 def test_simulated_wall_follows_the_run_order():
-    T = mp.Task
+    T = runner.Task
     tasks = [T("a", [], Path("a")), T("b", [], Path("b")), T("c", [], Path("c"), ["a"]), T("d", [], Path("d"), ["a", "b"])]
     secs = {"a": 10, "b": 30, "c": 5, "d": 7}
     # two slots: a and b at 0; c at 10 (ends 15); d waits for b until 30 (ends 37)
-    assert mp.simulated_wall(tasks, secs, jobs=2) == 37
-    assert mp.simulated_wall(tasks, secs, jobs=1) == 52 and mp.simulated_wall(tasks, secs, jobs=4) == 37
-    assert mp.fallbacks("eval_dit_ilsd_s2") == ["eval_dit_ilsd_", "eval_"] and mp.fallbacks("judge") == ["judge"]
+    assert budget.simulated_wall(tasks, secs, jobs=2) == 37
+    assert budget.simulated_wall(tasks, secs, jobs=1) == 52 and budget.simulated_wall(tasks, secs, jobs=4) == 37
+    assert budget.fallbacks("eval_dit_ilsd_s2") == ["eval_dit_ilsd_", "eval_"] and budget.fallbacks("judge") == ["judge"]
 
 
 def test_a_failed_command_stops_only_what_needs_it(tmp_path, capsys):
     py = [sys.executable, "-c"]
-    T = mp.Task
+    T = runner.Task
     tasks = [T("bad", [*py, "raise SystemExit(3)"], tmp_path / "bad.done"),
              T("needs_bad", [*py, "pass"], tmp_path / "needs_bad.done", ["bad"]),
              T("good", [*py, "pass"], tmp_path / "good.done"),
              T("after_good", [*py, "pass"], tmp_path / "after_good.done", ["good"])]
     with pytest.raises(SystemExit) as e:
-        mp.run_tasks(tasks, jobs=1, log_dir=tmp_path / "logs")
+        runner.run_tasks(tasks, jobs=1, log_dir=tmp_path / "logs")
     assert str(e.value).startswith("error: bad failed") and "not started, as they need it: needs_bad" in str(e.value)
     assert [t.done.is_file() for t in tasks] == [False, False, True, True]
     assert "error: bad exited 3" in capsys.readouterr().out
@@ -110,15 +114,15 @@ def test_a_failed_command_stops_only_what_needs_it(tmp_path, capsys):
 
 def test_jobs_must_be_positive(capsys):
     with pytest.raises(SystemExit):
-        mp.main(["plan", "--jobs", "0"])
+        mini_main(["plan", "--jobs", "0"])
     assert "--jobs must be at least 1" in capsys.readouterr().err
 
 
 def write_results(runs, family, arm, seed, by_loop):
-    d = mp.run_dir(runs, family, arm, seed) / "eval"
+    d = plan.run_dir(runs, family, arm, seed) / "eval"
     d.mkdir(parents=True)
-    rows = [{"name": "real val split", "row": "real", "loops": None, mp.METRIC: 1.0}]
-    rows += [{"name": f"L={L}", "row": "model", "loops": L, mp.METRIC: v} for L, v in by_loop.items()]
+    rows = [{"name": "real val split", "row": "real", "loops": None, stats.METRIC: 1.0}]
+    rows += [{"name": f"L={L}", "row": "model", "loops": L, stats.METRIC: v} for L, v in by_loop.items()]
     (d / "results.json").write_text(json.dumps({"meta": {"hparams": {}}, "rows": rows}))
 
 
@@ -129,10 +133,10 @@ def test_report_from_results(tmp_path):
             write_results(runs, "maskgit", arm, s, {L: v[s] for L, v in by.items()})
     for name, secs in (("ilsd/seed0/.train.done", 300), ("ilsd/seed0/.eval.done", 60)):
         (runs / "maskgit" / name).write_text(f"{secs}\n")
-    assert mp.collect(runs, ["maskgit"], (0, 1, 2))["maskgit"]["arms"]["ilsd"][4] == seeds(10)
+    assert report.collect(runs, ["maskgit"], (0, 1, 2))["maskgit"]["arms"]["ilsd"][4] == seeds(10)
     img = tmp_path / "img"
     img.mkdir()
-    path = mp.report(runs, tmp_path / "out", quick=False, img_dir=img)
+    path = report.report(runs, tmp_path / "out", quick=False, raw_root=RAW, img_dir=img)
     text = path.read_text()
     assert "| ELT 2N×4L, ILSD | 4 | 14.00 ± 0.20 |" in text and text.count("**reproduced**") == 5
     assert "## DiT-ELT" in text and "No finished evaluation yet." in text
@@ -141,7 +145,7 @@ def test_report_from_results(tmp_path):
     assert "estimate from these times: 144 CPU-minutes of commands, about 72 min wall" in text
 
 
-@pytest.mark.slow  # the whole two-stage path of both families at toy size: ~2 min on a busy 2-core machine
+@pytest.mark.slow  # the whole two-stage path of both families at toy size: minutes on a CPU
 @pytest.mark.parametrize("family", ["maskgit", "dit"])
 def test_two_stage_pipeline_end_to_end_on_miniature_idx(family, tmp_path, train_cfg, monkeypatch):
     import dataclasses
@@ -156,9 +160,9 @@ def test_two_stage_pipeline_end_to_end_on_miniature_idx(family, tmp_path, train_
     from elt.jobs.train import train
 
     raw = make_fashion_mnist(tmp_path / "fm", train_per_class=6, test_per_class=1)
-    _, kind, _ = mp.FAMILIES[family]
+    kind = arms.FAMILIES[family].stage_one
     weights = tmp_path / kind
-    stage_one.train(kind, raw, weights, steps=2, val_per_class=2, val_items=8, batch_size=8,
+    stage_one.fit(kind, raw, weights, steps=2, val_per_class=2, val_items=8, batch_size=8,
                     **({"codes": 16} if kind == "vq" else {}))
     node = "tokenizer" if kind == "vq" else "autoencoder"
     data = [f"experiment=mini/fashion_{family}", f"data.raw_root={raw}", f"data.root={tmp_path / 'shards'}",
@@ -174,11 +178,11 @@ def test_two_stage_pipeline_end_to_end_on_miniature_idx(family, tmp_path, train_
                       tmp_path / "eval")
     rows = evaluate(cfg)["rows"]
     model_rows = [r for r in rows if r.get("loops") is not None]
-    assert [r["loops"] for r in model_rows] == [1, 2, 3] and all(r[mp.METRIC] >= 0 for r in model_rows)
+    assert [r["loops"] for r in model_rows] == [1, 2, 3] and all(r[stats.METRIC] >= 0 for r in model_rows)
 
 
 def test_a_budget_that_beats_no_trivial_row_is_flagged():
     arms = paper_like()
-    assert mp.power_warning(arms, {"trivial (independent tokens)": [100.0]}) == []
-    assert "Under-trained" in mp.power_warning(arms, {"trivial (independent tokens)": [11.0]})[0]
-    assert mp.power_warning(arms, {}) == []
+    assert report.power_warning(arms, {"trivial (independent tokens)": [100.0]}) == []
+    assert "Under-trained" in report.power_warning(arms, {"trivial (independent tokens)": [11.0]})[0]
+    assert report.power_warning(arms, {}) == []

@@ -27,7 +27,7 @@ def raw(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vq(raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("w") / "vq"
-    return out, stage_one.train("vq", raw, out, steps=3, codes=16, **TINY)
+    return out, stage_one.fit("vq", raw, out, steps=3, codes=16, **TINY)
 
 
 def test_vq_loads_as_the_tokenizer_and_training_is_deterministic_and_cached(vq, raw, tmp_path, capsys):
@@ -40,19 +40,19 @@ def test_vq_loads_as_the_tokenizer_and_training_is_deterministic_and_cached(vq, 
     assert info["val_items"] == 8 and info["train_items"] == 40 and 1 <= info["codes_used"] <= 16
     assert info["val_psnr_db"] == pytest.approx(10 * np.log10(1 / info["val_mse"]))
     assert json.loads((out / "stage_one.json").read_text()) == info
-    again = stage_one.train("vq", raw, tmp_path / "vq2", steps=3, codes=16, **TINY)  # same settings elsewhere
+    again = stage_one.fit("vq", raw, tmp_path / "vq2", steps=3, codes=16, **TINY)  # same settings elsewhere
     assert again["val_mse"] == info["val_mse"]
     weights = sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors")
     assert weights and all((out / w).read_bytes() == (tmp_path / "vq2" / w).read_bytes() for w in weights)
     stamp = (out / "config.json").stat().st_mtime_ns
     capsys.readouterr()
-    stage_one.train("vq", raw, out, steps=3, codes=16, **TINY)  # up to date: kept, not retrained
+    stage_one.fit("vq", raw, out, steps=3, codes=16, **TINY)  # up to date: kept, not retrained
     assert "up to date" in capsys.readouterr().out and (out / "config.json").stat().st_mtime_ns == stamp
 
 
 def test_kl_latents_have_the_configured_shape_and_unit_scale(raw, tmp_path):
     out = tmp_path / "kl"
-    info = stage_one.train("kl", raw, out, steps=2, **TINY)
+    info = stage_one.fit("kl", raw, out, steps=2, **TINY)
     ae = DiffusersAutoencoderKL(out, image_shape=[1, 28, 28], latent_shape=[4, 7, 7], sample=False)
     assert ae.scale == pytest.approx(info["scaling_factor"]) and info["scaling_factor"] > 0
     x = FashionMNISTRaw(raw, "val", val_per_class=2).tensors()[0][:8]
@@ -62,7 +62,7 @@ def test_kl_latents_have_the_configured_shape_and_unit_scale(raw, tmp_path):
 
 def test_bad_settings_are_refused_in_one_line(raw, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown setting"):
-        stage_one.train("vq", raw, tmp_path / "x", latent_channels=4, **TINY)
+        stage_one.fit("vq", raw, tmp_path / "x", latent_channels=4, **TINY)
     assert stage_one.main(["vq", "--raw-root", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: FashionMNIST: data.raw_root not found") and err.count("\n") == 1

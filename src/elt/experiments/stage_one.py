@@ -8,7 +8,7 @@ train.py → eval.py) loads it through ``elt.encoders.pretrained`` exactly as it
     python -m elt.experiments.stage_one kl --raw-root /usr/share/datasets/fashion-mnist --out data/weights/fashion_mnist_kl
 
 Deterministic on a machine (one thread, fixed seeds), so a rerun gives the same weights and with them
-the same encoder fingerprint of the shards; oneDNN stays on (3x faster here), so another CPU may give
+the same encoder fingerprint of the shards; oneDNN stays on (much faster), so another CPU may give
 other weights, which the fingerprint then tells prepare.py and train.py about. A directory
 whose ``stage_one.json`` records the same settings is kept (a rerun costs nothing); held-out
 reconstruction quality (MSE, PSNR; VQ: codebook usage) is written there and printed.
@@ -32,12 +32,12 @@ from elt.runtime.files import fingerprint
 
 INFO = "stage_one.json"
 KINDS = ("vq", "kl")
-# Width (16, 32, 32): 0.2 s per batch of 64 on one thread; (32, 64, 64) was 3x slower for this 28×28 data
+# Width (16, 32, 32): enough for 28×28 grey images, and small enough to train in a few CPU-minutes
 ARCH = dict(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 3,
             up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
             norm_num_groups=8, sample_size=28)
-# 64 codes, not 256: on the held-out split 64 reconstruct better at 800 steps (PSNR 20.4 vs 20.0 dB, judge FD of the
-# reconstructions 39 vs 53) and give MaskGIT-ELT 4.2 nats of token entropy to model instead of 5.5 (docs/mini_paper.md)
+# 64 codes, not 256: on the held-out split they reconstruct better at this step count and leave MaskGIT-ELT a
+# lower-entropy token distribution to model (docs/mini_paper.md)
 DEFAULTS = {"vq": dict(steps=800, codes=64, embed_dim=8), "kl": dict(steps=600, latent_channels=4, kl_weight=1e-5)}
 
 
@@ -77,7 +77,7 @@ def kl_step(net, x, kl_weight):
 
 
 @torch.no_grad()
-def evaluate(kind: str, net, images: torch.Tensor, batch: int = 500) -> dict:
+def reconstruction_quality(kind: str, net, images: torch.Tensor, batch: int = 500) -> dict:
     """Held-out reconstruction (images in [0, 1]): MSE, PSNR; VQ: codes in use; KL: latent std."""
     mse, used, latents = 0.0, set(), []
     for x in images.split(batch):
@@ -101,7 +101,7 @@ def evaluate(kind: str, net, images: torch.Tensor, batch: int = 500) -> dict:
     return out
 
 
-def train(kind: str, raw_root, out: Path, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
+def fit(kind: str, raw_root, out: Path, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
           limit: int | None = None, val_items: int = 2000, val_per_class: int = 500, **overrides) -> dict:
     """Train (or keep, when up to date) the stage-one network at ``out``; returns its stage_one.json.
     ``val_per_class`` must be the data config's (data.val_per_class): the held-out images it scores
@@ -147,7 +147,7 @@ def train(kind: str, raw_root, out: Path, seed: int = 0, batch_size: int = 64, l
                 print(f"stage_one {kind}: step {step + 1}/{settings['steps']} loss {loss.item():.4f}", flush=True)
         net.eval()
         info = {"kind": kind, "key": key, "settings": settings, "seed": seed, "train_items": len(train_x),
-                **evaluate(kind, net, val_x)}
+                **reconstruction_quality(kind, net, val_x)}
         if kind == "vq":
             info["dead_codes_restarted"] = restarted
         else:  # DiT sees unit-variance latents, as the SD VAE's 0.18215 gives on ImageNet
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-per-class", type=int, default=500, help="the data config's data.val_per_class")
     args = p.parse_args(argv)
     try:
-        train(args.kind, args.raw_root, Path(args.out), seed=args.seed, batch_size=args.batch_size, limit=args.limit,
+        fit(args.kind, args.raw_root, Path(args.out), seed=args.seed, batch_size=args.batch_size, limit=args.limit,
               val_items=args.val_items, val_per_class=args.val_per_class, steps=args.steps)
     except (FileNotFoundError, ValueError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
