@@ -68,8 +68,14 @@ def user_error(e: BaseException) -> BaseException | None:
     return e if isinstance(e, USER_ERRORS) else None
 
 
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+def one_line(e: BaseException, foreign: bool = False) -> str:
+    """An error as one line: the project's own message whole, its line breaks folded. ``foreign``: a
+    library's exception wrapped in one of ours, shown as its type and the start of its first line, since
+    what follows is advice about the library's own API (torch's notes on ``weights_only``)."""
+    if not foreign:
+        return " ".join(str(e).split())
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
 
 
 def sweep_job() -> tuple[SweepJob, Path | None] | None:
