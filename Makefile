@@ -59,7 +59,7 @@ demo-baseline: install ## the non-looped baseline of the same depth: 8N×1L
 	$(PY) train.py experiment=digits_maskgit N=8 Lmax=1 hydra.run.dir=$(DEMO)/maskgit_8Nx1L ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_8Nx1L/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_8Nx1L/eval eval.extra_loops=2 $(DEMO_EVAL)
 
-# DiT-ELT 2N×4L with ILSD on the digits (1500 steps; ~10 CPU-minutes of training).
+# DiT-ELT 2N×4L with ILSD on the digits (1500 steps).
 demo-dit: install ## DiT-ELT 2N×4L with ILSD on the digits
 	$(PY) train.py experiment=digits_dit hydra.run.dir=$(DEMO)/dit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/dit_ilsd/eval eval.extra_loops=2 $(DEMO_EVAL)

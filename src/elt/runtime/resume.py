@@ -36,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temporary file in the checkpoint's own directory, then ``os.replace``.
 
     Lightning's default goes through a temporary file elsewhere and a copy that truncates the
-    destination first: a full disk mid-copy left an unreadable ``last.ckpt`` and nothing else. Here
+    destination first: a full disk mid-copy leaves an unreadable ``last.ckpt`` and nothing else. Here
     the previous file is replaced only by a complete new one (a rename within one filesystem)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
