@@ -1,4 +1,5 @@
-"""Shared by train.py and eval.py: bad input becomes one line on stderr and a non-zero exit.
+"""Shared by the entry points (train.py, eval.py, sample.py, prepare.py): bad input, a renamed config
+group on the command line included, becomes one line on stderr and a non-zero exit.
 
 A single run exits 2 at once. In a multirun with Hydra's in-process launcher a bad job must not end the
 sweep (``sys.exit`` inside a job escapes the launcher and skips every later job): the job prints its
