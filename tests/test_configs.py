@@ -1,4 +1,6 @@
 """Every config group option composes; bad values fail early with the key in the message."""
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from elt.jobs.train import validate_train
 from elt.runtime.config import ConfigError
 from helpers import save_magvit_stand_in
 
-GROUPS = ["data", "model", "scale", "ilsd", "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
+GROUPS = ["data", "model", "scale", "ilsd", "trainer", "logger", "callbacks", "paths", "debug", "experiment", "depth"]
 
 
 def options(group):
@@ -116,3 +118,18 @@ def test_relocated_data_equal_data_configured_there(data, tmp_path):
     moved = relocate_data(resolved("/trained/here"), raw_root="/evaluated/there")
     assert "/trained/here" not in OmegaConf.to_yaml(moved)
     assert data_key(moved.data.module) == data_key(resolved("/evaluated/there").data.module)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_help_lists_every_target_and_tool():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = re.findall(r"^([a-z][a-z0-9-]*):(?!=)", makefile, flags=re.M)
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    listed = re.findall(r"^  make (\S+) +\S", out, flags=re.M)
+    assert sorted(listed) == sorted(set(targets)) and len(listed) == len(set(listed))  # a "## " note on each
+    entries = [p.name for p in ROOT.glob("*.py") if "@hydra.main" in p.read_text()]
+    modules = [".".join(p.relative_to(ROOT / "src").with_suffix("").parts) for p in (ROOT / "src").rglob("*.py")
+               if 'if __name__ == "__main__"' in p.read_text()]
+    assert len(entries) == 4 and modules
+    for tool in [f"python {e}" for e in entries] + [f"python -m {m}" for m in modules]:
+        assert re.search(rf"^  {re.escape(tool)}\b", out, flags=re.M), tool

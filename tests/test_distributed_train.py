@@ -37,7 +37,6 @@ def test_ranks_draw_their_own_noise_share_the_exit_and_read_disjoint_data(tmp_pa
 
 def test_ddp_does_not_broadcast_the_ema(tmp_path):
     """DDP's buffer broadcast would send the whole EMA from rank 0 every step (8.5 GB at 2.1B parameters)."""
-    import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 

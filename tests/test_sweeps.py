@@ -1,5 +1,5 @@
 """Multiruns through the real train.py: paths resolve before any job, a bad job does not end the sweep,
-and the budget group sweeps equal-depth (N, Lmax) pairs."""
+and the depth group sweeps equal-depth (N, Lmax) pairs."""
 from __future__ import annotations
 
 import os
@@ -17,7 +17,7 @@ from elt.runtime.config import ConfigError
 
 TINY = ["debug=fdr", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "data.batch_size=16",
         "trainer.enable_progress_bar=false"]
-BUDGETS = sorted(p.stem for p in (Path(CONFIGS) / "budget").glob("*.yaml"))
+DEPTHS = sorted(p.stem for p in (Path(CONFIGS) / "depth").glob("*.yaml"))
 
 
 def train_py(tmp_path: Path, *overrides: str, elt_root: str | None = "tmp", cwd: Path = ROOT):
@@ -33,9 +33,9 @@ def job_dirs(sweep_dir: Path) -> dict[int, Path]:
     return {int(d.name.split("_")[0]): d for d in sweep_dir.iterdir() if d.is_dir()}
 
 
-def test_equal_depth_budget_sweep_runs_every_job(tmp_path):
+def test_equal_depth_sweep_runs_every_job(tmp_path):
     sweep = tmp_path / "sweep"
-    res = train_py(tmp_path, "-m", "budget=2Nx4L,4Nx2L", *TINY, f"hydra.sweep.dir={sweep}")
+    res = train_py(tmp_path, "-m", "depth=2Nx4L,4Nx2L", *TINY, f"hydra.sweep.dir={sweep}")
     assert res.returncode == 0, res.stderr[-3000:]
     dirs = job_dirs(sweep)
     assert sorted(dirs) == [0, 1]
@@ -93,10 +93,32 @@ def test_root_dir_is_absolute(tmp_path, monkeypatch):
     assert compose_cfg("train", []).paths.root_dir == str(tmp_path)
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
-def test_budget_is_an_equal_depth_pair_that_beats_the_experiment(budget):
-    cfg = compose_cfg("train", ["experiment=digits_dit", f"budget={budget}"])  # digits_dit sets N=2 Lmax=4
-    assert cfg.N * cfg.Lmax == 8 and budget == f"{cfg.N}Nx{cfg.Lmax}L"
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_depth_is_an_equal_depth_pair_that_beats_the_experiment(depth):
+    cfg = compose_cfg("train", ["experiment=digits_dit", f"depth={depth}"])  # digits_dit sets N=2 Lmax=4
+    assert cfg.N * cfg.Lmax == 8 and depth == f"{cfg.N}Nx{cfg.Lmax}L"
+
+
+def test_the_old_group_name_in_a_sweep_is_one_line_naming_the_new_one(tmp_path):
+    res = train_py(tmp_path, "-m", "budget=2Nx4L,4Nx2L", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: budget=2Nx4L,4Nx2L: the config group budget is called depth; pass depth=2Nx4L,4Nx2L"]
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("args, new", [
+    (["budget=2Nx4L"], "depth=2Nx4L"),
+    (["experiment=digits_dit", "+budget=1Nx8L"], "depth=1Nx8L"),
+    (["-m", "budget=choice(8Nx1L,4Nx2L)"], "depth=choice(8Nx1L,4Nx2L)"),
+])
+def test_the_old_group_name_is_named(args, new):
+    assert cli.renamed_group(args).endswith(f"the config group budget is called depth; pass {new}")
+
+
+@pytest.mark.parametrize("args", [["budget.gflops=2"], ["budget={gflops: 2, seconds: null}"], ["depth=2Nx4L"], []])
+def test_sample_budgets_and_the_new_name_pass(args):
+    assert cli.renamed_group(args) is None
 
 
 def test_out_of_process_launcher_gets_the_failure_raised(tmp_path, monkeypatch):

@@ -106,8 +106,8 @@ class LoopedBackbone(nn.Module):
         self.init_weights(effective_depth=N * Lmax)
 
     def init_weights(self, effective_depth: int) -> None:
-        # GPT-2 style: without it, the digits prototype stayed on the per-pixel plateau
-        # for 500 steps; with it, it used context within ~1000 (our calibration notes).
+        # GPT-2 style, residual projections scaled by the effective depth N·Lmax: a deep looped stack
+        # starts near the identity, which lets the digits models leave the per-pixel plateau.
         residual_std = 0.02 / math.sqrt(2 * effective_depth)
         for blk in self.blocks:
             for lin in (blk.qkv, blk.fc1):
@@ -139,7 +139,7 @@ class LoopedBackbone(nn.Module):
         if loops < 1 or not exits or min(exits) < 1 or max(exits) > loops:
             raise ValueError(f"need 1 <= exits <= loops, got loops={loops}, exits={exits}")
         mods = self.modulations(cond)  # once per network evaluation
-        # recompute in backward only when there is a backward: eval and sampling run as before.
+        # recompute in backward only when there is a backward: eval and sampling run without it.
         # Non-reentrant: gradients reach the parameters and the shared modulation, and the RNG
         # state is replayed, so dropout masks (and hence outputs and gradients) are unchanged.
         recompute = self.checkpointing and self.training and torch.is_grad_enabled()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from elt.runtime.cli import one_line
 from elt.runtime.config import ConfigError
 from elt.runtime.files import file_fingerprint, fingerprint
 from elt.encoders.tokenizers import Autoencoder, Tokenizer
@@ -68,8 +69,7 @@ class DiffusersNetwork:
             net = getattr(diffusers, class_name).from_pretrained(str(p), local_files_only=True,
                                                                  low_cpu_mem_usage=low_memory)
         except Exception as e:
-            raise ValueError(f"{what}: {p} could not be loaded as a {class_name} "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+            raise ValueError(f"{what}: {p} could not be loaded as a {class_name} ({one_line(e, foreign=True)})") from None
         self.net = net.eval().requires_grad_(False).float()
         self.config, self.path, self.what, self.class_name = net.config, p, what, class_name
         self.max_batch = max_batch

@@ -1,10 +1,12 @@
-"""Rebuild a trained model from nothing but its checkpoint file."""
+"""Reading checkpoint files: the one reader every consumer goes through, and a trained model rebuilt
+from nothing but its checkpoint."""
 from __future__ import annotations
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from elt.runtime.cli import one_line
 from elt.runtime.files import require_local_file
 
 # What the consumers of a run (eval, the notebook, the context test) read from its stored config:
@@ -12,21 +14,27 @@ from elt.runtime.files import require_local_file
 REQUIRED_KEYS = ("run_name", "model._target_", "model.name", "data.name", "data.module", "data.module._target_")
 
 
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text[:limit]}" if text else type(e).__name__
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written, read or resumed from (shown to the user as one line)."""
+
+
+def read_checkpoint(path, map_location: str = "cpu") -> dict:
+    """The checkpoint, memory-mapped (cheap even for billions of parameters), or one clear error."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, mmap=True, weights_only=False)
+    except Exception as e:  # truncated, random bytes, not a zip file, ...
+        raise CheckpointError(f"checkpoint {path} is unreadable ({one_line(e, foreign=True)}); "
+                              f"it is truncated or not a checkpoint") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} has no state_dict: not a Lightning checkpoint written by train.py")
+    return ckpt
 
 
 def load_run(ckpt_path, map_location: str = "cpu") -> tuple[torch.nn.Module, DictConfig]:
     path = require_local_file(ckpt_path, "checkpoint", "pass ckpt_path=<run dir>/checkpoints/last.ckpt written by train.py")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated or not a checkpoint at all; torch's first line only (no loading advice)
-        raise ValueError(f"checkpoint {path} could not be read, truncated or not a checkpoint ({_first_line(e)})") from None
-    if not isinstance(ckpt, dict) or "elt_config" not in ckpt:
-        raise ValueError(f"checkpoint {path} has no 'elt_config' (not written by this project's train.py)")
-    if "state_dict" not in ckpt:
-        raise ValueError(f"checkpoint {path} has no 'state_dict' (not written by this project's train.py)")
+    ckpt = read_checkpoint(path, map_location)
+    if "elt_config" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} has no 'elt_config' (not written by this project's train.py)")
     try:
         cfg = OmegaConf.create(ckpt["elt_config"])
         missing = []
@@ -34,15 +42,16 @@ def load_run(ckpt_path, map_location: str = "cpu") -> tuple[torch.nn.Module, Dic
             if OmegaConf.select(cfg, k, default=None) is None and not any(k.startswith(m + ".") for m in missing):
                 missing.append(k)
     except Exception as e:  # not a mapping, or interpolations that no longer resolve
-        raise ValueError(f"checkpoint {path}: its stored config is unusable ({_first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path}: its stored config is unusable ({one_line(e, foreign=True)})") from None
     if missing:
-        raise ValueError(f"checkpoint {path}: its stored config lacks {', '.join(missing)} "
+        raise CheckpointError(f"checkpoint {path}: its stored config lacks {', '.join(missing)} "
                          "(written by an older or foreign train.py); retrain or add the key")
     model = instantiate(cfg.model, _convert_="all")  # plain containers: checkpoints load with weights_only
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:  # weights of another architecture than the stored config builds
-        raise ValueError(f"checkpoint {path}: its weights do not fit its stored model config ({_first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit its stored model config "
+                              f"({one_line(e, foreign=True)})") from None
     model.elt_config = ckpt["elt_config"]
     return model.eval(), cfg
 

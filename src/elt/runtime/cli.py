@@ -1,4 +1,5 @@
-"""Shared by train.py and eval.py: bad input becomes one line on stderr and a non-zero exit.
+"""Shared by the entry points (train.py, eval.py, sample.py, prepare.py): bad input, a renamed config
+group on the command line included, becomes one line on stderr and a non-zero exit.
 
 A single run exits 2 at once. In a multirun with Hydra's in-process launcher a bad job must not end the
 sweep (``sys.exit`` inside a job escapes the launcher and skips every later job): the job prints its
@@ -7,6 +8,7 @@ one summary line. Launchers that run jobs elsewhere get an exception, so they ma
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +19,14 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from elt import repo_root
 from elt.runtime.config import ConfigError
 
 # MissingMandatoryValue: a ??? key left unset (data.num_classes=??? of an image folder)
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, NotImplementedError, MissingMandatoryValue)
+# old group name -> new: an override that picks an option by the old name gets one line naming the new one
+# (Hydra's own error would not; ``budget`` is also sample.py's ``budget.gflops``, so only options count)
+RENAMED_GROUPS = {"budget": "depth"}
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 ERROR_FILE = "error.txt"
 
@@ -68,8 +74,14 @@ def user_error(e: BaseException) -> BaseException | None:
     return e if isinstance(e, USER_ERRORS) else None
 
 
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+def one_line(e: BaseException, foreign: bool = False) -> str:
+    """An error as one line: the project's own message whole, its line breaks folded. ``foreign``: a
+    library's exception wrapped in one of ours, shown as its type and the start of its first line, since
+    what follows is advice about the library's own API (torch's notes on ``weights_only``)."""
+    if not foreign:
+        return " ".join(str(e).split())
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
 
 
 def sweep_job() -> tuple[SweepJob, Path | None] | None:
@@ -115,8 +127,25 @@ def fail_sweep_job(job: SweepJob, out: Path | None, message: str) -> None:
         raise SweepJobError(line)
 
 
+def renamed_group(args: list[str]) -> str | None:
+    """The error line for a command-line override that selects a renamed group's option by the old name."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        new = RENAMED_GROUPS.get(key)
+        if new is None:
+            continue
+        options = {p.stem for p in (repo_root() / "configs" / new).glob("*.yaml")}
+        if options & set(re.findall(r"[\w.-]+", value)):  # also in a sweep: a,b or choice(a,b)
+            return f"error: {arg}: the config group {key} is called {new}; pass {new}={value}"
+    return None
+
+
 def launch(entry) -> None:
     """Call a ``@hydra.main`` function; after a multirun whose jobs failed, print the summary line and exit 2."""
+    renamed = renamed_group(sys.argv[1:])
+    if renamed:
+        print(renamed, file=sys.stderr)
+        sys.exit(2)
     try:
         entry()
     finally:  # also after a bug ended the sweep: say which jobs had user errors too

@@ -33,7 +33,7 @@ def pick_device(spec: str, ranks: Ranks) -> torch.device:
 @contextmanager
 def single_thread():
     """Kernels this small gain nothing from threads, and on a busy machine OpenMP workers waiting
-    for each other made judge training 10x slower (64 s vs 6 s for 3 epochs on 2 shared cores)."""
+    for each other make them several times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

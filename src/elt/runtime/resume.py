@@ -22,11 +22,9 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from elt.runtime.checkpoint import CheckpointError, read_checkpoint
+
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written, read or resumed from (shown to the user as one line)."""
 
 
 def mix_seed(*parts: int) -> int:
@@ -38,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temporary file in the checkpoint's own directory, then ``os.replace``.
 
     Lightning's default goes through a temporary file elsewhere and a copy that truncates the
-    destination first: a full disk mid-copy left an unreadable ``last.ckpt`` and nothing else. Here
+    destination first: a full disk mid-copy leaves an unreadable ``last.ckpt`` and nothing else. Here
     the previous file is replaced only by a complete new one (a rename within one filesystem)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
@@ -200,19 +198,6 @@ def resolve_ckpt_path(spec, ckpt_dir) -> str | None:
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={spec}: no such file (pass a .ckpt written by train.py, or ckpt_path=last)")
     return str(path)
-
-
-def read_checkpoint(path) -> dict:
-    """The checkpoint, memory-mapped (cheap even for billions of parameters), or one clear error."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as e:  # truncated, random bytes, not a zip file, ...
-        msg = str(e).split("\n")[0][:160]
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {msg}); "
-                              f"it is truncated or not a checkpoint") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} has no state_dict: not a Lightning checkpoint written by train.py")
-    return ckpt
 
 
 def config_differences(old: dict | None, new: dict, keys=("model", "data", "scale", "N", "Lmax")) -> list[str]:

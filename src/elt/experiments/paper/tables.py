@@ -42,7 +42,7 @@ def run_params(ckpt_path: str | None) -> dict | None:
 
 @functools.lru_cache(maxsize=None)  # rows evaluated from one run (6N×4L at L=4 and L=6) read it once
 def _checkpoint_params(ckpt_path: str) -> dict:
-    from elt.runtime.resume import read_checkpoint
+    from elt.runtime.checkpoint import read_checkpoint
 
     cfg = OmegaConf.create(read_checkpoint(ckpt_path)["elt_config"])  # memory-mapped: no weights are read
     return param_counts(build_on_meta(cfg))
