@@ -14,6 +14,35 @@ from elt.runtime.files import require_local_file
 REQUIRED_KEYS = ("run_name", "model._target_", "model.name", "data.name", "data.module", "data.module._target_")
 
 
+# Checkpoints name their classes by import path; these moved into the layered packages, so a run
+# trained under the old paths still loads (and resumes) under the new ones.
+MOVED_TARGETS = {
+    "elt.backbone.fsdp_wrap_policy": "elt.core.backbone.fsdp_wrap_policy",
+    "elt.ilsd.ILSDCallback": "elt.core.ilsd.ILSDCallback",
+    "elt.loggers.AppendingCSVLogger": "elt.runtime.loggers.AppendingCSVLogger",
+    "elt.report.run_tags": "elt.runtime.loggers.run_tags",
+    "elt.tokenizers.PixelTokenizer": "elt.encoders.tokenizers.PixelTokenizer",
+    "elt.tokenizers.PixelAutoencoder": "elt.encoders.tokenizers.PixelAutoencoder",
+    "elt.tokenizers.ScriptedTokenizer": "elt.encoders.tokenizers.ScriptedTokenizer",
+    "elt.tokenizers.ScriptedAutoencoder": "elt.encoders.tokenizers.ScriptedAutoencoder",
+    "elt.pretrained.DiffusersVQTokenizer": "elt.encoders.pretrained.DiffusersVQTokenizer",
+    "elt.pretrained.DiffusersAutoencoderKL": "elt.encoders.pretrained.DiffusersAutoencoderKL",
+    "elt.data.raw.ImageNetRaw": "elt.data.raw.images.ImageNetRaw",
+    "elt.data.raw.ImageFolderRaw": "elt.data.raw.images.ImageFolderRaw",
+    "elt.data.raw.UCF101Raw": "elt.data.raw.ucf101.UCF101Raw",
+}
+
+
+def current_targets(node):
+    """The stored config with every moved ``_target_`` replaced by its current path."""
+    if isinstance(node, dict):
+        return {k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else current_targets(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [current_targets(v) for v in node]
+    return node
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written, read or resumed from (shown to the user as one line)."""
 
@@ -27,6 +56,8 @@ def read_checkpoint(path, map_location: str = "cpu") -> dict:
                               f"it is truncated or not a checkpoint") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} has no state_dict: not a Lightning checkpoint written by train.py")
+    if isinstance(ckpt.get("elt_config"), dict):
+        ckpt["elt_config"] = current_targets(ckpt["elt_config"])
     return ckpt
 
 
