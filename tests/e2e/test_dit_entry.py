@@ -5,6 +5,7 @@ import torch
 from elt.jobs.train import train
 from elt.models import DiTELT
 from elt.runtime.checkpoint import load_run
+from support.evaluation import eval_cfg
 
 
 def one_step_checkpoint(train_cfg) -> str:
@@ -24,7 +25,6 @@ def test_one_step_train_then_reload_and_sample(train_cfg):
 @pytest.mark.slow  # trains the digits judge in a fresh cache (~1-3 min on 2 cores)
 def test_one_step_train_then_evaluate_every_loop(train_cfg, tmp_path):
     from elt.jobs.evaluate import evaluate
-    from support.evaluation import eval_cfg
 
     ckpt = one_step_checkpoint(train_cfg)
     result = evaluate(eval_cfg(ckpt, tmp_path / "eval", tmp_path / "cache", "eval.sampler={steps:2,kind:ddim}"))

@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from elt.jobs.train import validate_train
 from elt.runtime.config import ConfigError
 from support.config import CONFIGS, ROOT, compose_cfg
-from support.stand_ins import save_magvit_stand_in
+from support.miniature import save_fashion_stand_ins
+from support.stand_ins import save_imagenet_stand_ins, save_magvit_stand_in
 
 GROUPS = ["data", "model", "scale", "ilsd", "trainer", "logger", "callbacks", "paths", "debug", "experiment", "depth"]
 
@@ -28,13 +29,9 @@ def test_every_group_option_composes(group, option, tmp_path):
     if cfg.data.name == "ucf101":  # its MAGVIT export is a local file; a stand-in of the same shapes
         cfg.data.tokenizer.path = str(save_magvit_stand_in(tmp_path / "magvit.pt"))
     if cfg.data.name in ("imagenet", "image_folder"):  # diffusers directories: tiny random models, same shapes
-        from support.stand_ins import save_imagenet_stand_ins
-
         vq, vae = save_imagenet_stand_ins(tmp_path)
         cfg.data.tokenizer.path, cfg.data.autoencoder.path = str(vq), str(vae)
     if cfg.data.name == "fashion_mnist":  # stage-one models (python -m elt.experiments.stage_one): untrained, same shapes
-        from support.miniature import save_fashion_stand_ins
-
         vq, vae = save_fashion_stand_ins(tmp_path)
         cfg.data.tokenizer.path, cfg.data.autoencoder.path = str(vq), str(vae)
     validate_train(cfg)

@@ -14,6 +14,7 @@ from elt.runtime.config import ConfigError
 from elt.models.dit import DiTELT
 from elt.models.maskgit import MaskGITELT
 from elt.encoders.pretrained import DiffusersAutoencoderKL, DiffusersVQTokenizer
+from support.config import compose_cfg
 from support.models import CallCounter
 from support.stand_ins import save_imagenet_stand_ins, save_tiny_kl, save_tiny_vq
 
@@ -212,8 +213,6 @@ def test_wrappers_follow_their_input_to_the_gpu(vq_dir, kl_dir):
 def test_imagenet_config_builds_its_model_on_stand_ins(model, tmp_path):
     """configs/data/imagenet.yaml's tokenizer/autoencoder nodes fit these classes and their checks."""
     from hydra.utils import instantiate
-
-    from support.config import compose_cfg
 
     vq, vae = save_imagenet_stand_ins(tmp_path)
     cfg = compose_cfg("train", ["data=imagenet", f"model={model}", "scale=tiny", f"data.tokenizer.path={vq}",

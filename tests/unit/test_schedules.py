@@ -4,6 +4,7 @@ import torch
 
 from elt.core import flops, schedules
 from elt.samplers.budget import change_profile, resolve_schedule
+from support.config import compose_cfg
 from support.models import random_dit, tiny_maskgit
 
 
@@ -106,7 +107,6 @@ def test_eval_schedules_are_validated_before_any_work():
 
     from elt.runtime.config import ConfigError
     from elt.evaluation.settings import read_settings
-    from support.config import compose_cfg
 
     cfg = compose_cfg("eval", ["ckpt_path=x", "eval.schedules=[linear:1-3,bad:2]"])
     with pytest.raises(ConfigError, match="eval.schedules: loop schedule 'bad:2'"):
@@ -139,8 +139,6 @@ def test_eval_scores_schedules_as_rows_beside_fixed_l(train_cfg, tmp_path):
 
 
 def compose_cfg_eval(ckpt, out, cache, *overrides):
-    from support.config import compose_cfg
-
     return compose_cfg("eval", [f"ckpt_path={ckpt}", f"paths.cache_dir={cache}", "eval.samples_per_class=2",
                                 "eval.batch_size=16", "eval.grid_per_class=1", "eval.is_splits=2", "eval.progress=false",
                                 "eval.sampler={steps:2}", "eval.reference_rows=false", *overrides], out)
