@@ -125,8 +125,8 @@ def test_make_help_lists_every_target_and_tool():
     listed = re.findall(r"^  make (\S+) +\S", out, flags=re.M)
     assert sorted(listed) == sorted(set(targets)) and len(listed) == len(set(listed))  # a "## " note on each
     entries = [p.name for p in ROOT.glob("*.py") if "@hydra.main" in p.read_text()]
-    modules = [".".join(p.relative_to(ROOT / "src").with_suffix("").parts) for p in (ROOT / "src").rglob("*.py")
-               if 'if __name__ == "__main__"' in p.read_text()]
+    modules = [".".join(p.relative_to(ROOT / "src").with_suffix("").parts).removesuffix(".__main__")
+               for p in (ROOT / "src").rglob("*.py") if 'if __name__ == "__main__"' in p.read_text()]
     assert len(entries) == 4 and modules
     for tool in [f"python {e}" for e in entries] + [f"python -m {m}" for m in modules]:
         assert re.search(rf"^  {re.escape(tool)}\b", out, flags=re.M), tool
