@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 TESTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TESTS.parent / "src"), str(TESTS)]
 os.environ.setdefault("ELT_ROOT", str(TESTS.parent))
 torch.set_num_threads(2)
 
-from support.config import compose_cfg  # noqa: E402  (needs the path above)
+from elt.evaluation import judges  # noqa: E402  (needs the path above)
+from support.config import compose_cfg  # noqa: E402
 
 
 @pytest.fixture
@@ -31,3 +33,13 @@ def train_cfg(tmp_path):
         return compose_cfg("train", base + list(overrides), tmp_path / "train")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def eval_cache(tmp_path_factory):
+    """One cache for the session's evaluations of digits checkpoints (hermetic: not data/cache), its
+    judge trained up front: each evaluation then reads that judge instead of training its own."""
+    cache = tmp_path_factory.mktemp("eval_cache")
+    data = compose_cfg("train", []).data.module
+    judges.load_or_train_judge("digits", instantiate(data), data, cache)
+    return cache

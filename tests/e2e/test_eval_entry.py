@@ -229,6 +229,7 @@ def test_dit_checkpoint_with_precision_recall_and_wandb_offline(train_cfg, eval_
     assert list(out.glob("wandb/offline-run-*/files/media/images/eval/figures/quality_vs_gflops*.png"))
 
 
+@pytest.mark.slow  # trains the moving-digits judge
 def test_video_checkpoint_scored_by_its_3d_judge_and_by_i3d(train_cfg, eval_cache, tmp_path, monkeypatch):
     """MaskGIT-ELT on moving_digits through the real train() and evaluate(): FVD in the 3D judge's
     space at every loop count with animated grids; then the literature's network (a stand-in I3D),

@@ -19,16 +19,10 @@ from support.miniature import make_imagenet
 from support.stand_ins import save_tiny_kl, save_tiny_vq
 
 
-@pytest.fixture(scope="module")
-def judge_cache(tmp_path_factory):
-    """One digits judge for the module (hermetic: not data/cache)."""
-    return tmp_path_factory.mktemp("paper_cache")
-
-
-def test_smoke_row_trains_evaluates_renders_and_compares(judge_cache, tmp_path):
+def test_smoke_row_trains_evaluates_renders_and_compares(eval_cache, tmp_path):
     """One row of a table target end to end (the whole targets: the slow tests below)."""
     runs, out = tmp_path / "runs", tmp_path / "tables"
-    cache = f"paths.cache_dir={judge_cache}"
+    cache = f"paths.cache_dir={eval_cache}"
     md = run.run_table("imagenet_maskgit", runs, out, "smoke", ["imagenet_elt_L_8Nx3L"], [cache],
                          [cache, "eval.extra_loops=1"])
     text = md.read_text()
@@ -74,8 +68,8 @@ def run_make(target: str, tmp_path: Path, cache: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("target,table", [("table-imagenet-maskgit", "imagenet_maskgit"), ("table-imagenet-dit", "imagenet_dit"),
                                           ("table-ucf101", "ucf101")])
-def test_whole_table_target_at_smoke_scale(target, table, judge_cache, tmp_path):
-    out = run_make(target, tmp_path, judge_cache)
+def test_whole_table_target_at_smoke_scale(target, table, eval_cache, tmp_path):
+    out = run_make(target, tmp_path, eval_cache)
     md = (out / f"{table}.md").read_text()
     for r in rows.rows_of(table):
         line = next(l for l in md.splitlines() if l.startswith(f"| {r.label} |"))

@@ -11,14 +11,14 @@ from support.config import compose_cfg
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A 2-step Lmax=2 checkpoint and a judge cache shared by this module's tests."""
+def tiny_run(tmp_path_factory, eval_cache):
+    """A 2-step Lmax=2 checkpoint shared by this module's tests, and the session's evaluation cache."""
     tmp = tmp_path_factory.mktemp("pareto_run")
     base = ["scale=tiny", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "N=1", "Lmax=2",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
             "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1",
-            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={tmp / 'cache'}"]
-    return train(compose_cfg("train", base, tmp / "train"))["ckpt_path"], tmp / "cache"
+            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={eval_cache}"]
+    return train(compose_cfg("train", base, tmp / "train"))["ckpt_path"], eval_cache
 
 
 def pareto_cfg(run, out, *overrides):

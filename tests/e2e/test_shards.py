@@ -424,6 +424,7 @@ def test_training_from_shards_resumes_mid_epoch_bit_exactly(imagenet, tmp_path, 
         assert_same_weights(weights(reference["ckpt_path"]), weights(other["ckpt_path"]))
 
 
+@pytest.mark.slow  # prepare.py, train.py and eval.py as processes
 def test_the_three_entry_points_from_the_command_line(tmp_path):
     """What the README tells a UCF-101 user to type: prepare.py, train.py, eval.py as processes."""
     import os

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from elt.data.raw.images import ImageNetRaw
 from elt.data.shards.format import read_index
 from elt.data.shards.reader import read_shard
@@ -24,6 +26,7 @@ def run(tmp_path, script: str, *args: str):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+@pytest.mark.slow  # prepare.py and train.py on two ranks, as processes
 def test_two_ranks_prepare_their_own_shards_and_train_on_disjoint_samples(tmp_path):
     raw = make_imagenet(tmp_path / "raw", wnids=4, per_class=4, val_per_class=1)  # 16 train images
     shards = tmp_path / "shards"

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from support.config import ROOT
 
 
@@ -30,6 +32,7 @@ def weights_hash(how: str, capability: str, threads: int) -> str:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # four processes, each training a judge
 def test_pinned_judge_training_ignores_the_callers_kernels_and_threads():
     # the control: trained in the caller's process, ATen's AVX2 and portable kernels give other weights
     assert weights_hash("here", "avx2", 2) != weights_hash("here", "default", 1)

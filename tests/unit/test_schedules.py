@@ -116,7 +116,7 @@ def test_eval_schedules_are_validated_before_any_work():
     assert OmegaConf.select(cfg, "eval.schedules") is not None
 
 
-def test_eval_scores_schedules_as_rows_beside_fixed_l(train_cfg, tmp_path):
+def test_eval_scores_schedules_as_rows_beside_fixed_l(train_cfg, eval_cache, tmp_path):
     import json
 
     from elt.jobs.evaluate import evaluate
@@ -124,7 +124,7 @@ def test_eval_scores_schedules_as_rows_beside_fixed_l(train_cfg, tmp_path):
 
     ckpt = train(train_cfg("N=1", "Lmax=2"))["ckpt_path"]
     out = tmp_path / "eval"
-    cfg = compose_cfg_eval(ckpt, out, tmp_path / "cache", "eval.schedules=[linear:2-1,change:1.5,[1,2]]")
+    cfg = compose_cfg_eval(ckpt, out, eval_cache, "eval.schedules=[linear:2-1,change:1.5,[1,2]]")
     result = evaluate(cfg)
     rows = {r["name"]: r for r in result["rows"]}
     fixed = {r["loops"]: r for r in result["rows"] if r["row"] == "model"}

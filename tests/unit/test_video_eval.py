@@ -42,6 +42,7 @@ def judge(datamodule, tmp_path_factory):
     return net, info, cache
 
 
+@pytest.mark.slow  # its judge fixture trains the real video recipe
 def test_video_judge_reaches_the_bar_and_learns_motion(judge, datamodule, monkeypatch):
     net, info, cache = judge
     assert info["name"] == "moving_digits_cnn" and info["val_items"] == len(datamodule.val_dataset) == 300
@@ -57,6 +58,7 @@ def test_video_judge_reaches_the_bar_and_learns_motion(judge, datamodule, monkey
     torch.testing.assert_close(again.features(x)[0], net.features(x)[0])
 
 
+@pytest.mark.slow  # its judge fixture trains the real video recipe
 def test_judge_fvd_is_zero_on_the_reference_set_and_sees_broken_motion(judge, datamodule, tmp_path):
     net, info, _ = judge
     extractor = JudgeExtractor(net, info, "video")
