@@ -19,13 +19,11 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path | None 
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
-        if output_dir is not None:
-            with open_dict(cfg):
-                cfg.paths.output_dir = str(output_dir)
-    return cfg
+    return cfg if output_dir is None else in_dir(cfg, output_dir)
 
 
 def in_dir(cfg, directory: Path):
+    """The config with its run writing into ``directory``."""
     with open_dict(cfg):
         cfg.paths.output_dir = str(directory)
     return cfg
