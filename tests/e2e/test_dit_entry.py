@@ -1,5 +1,4 @@
 """DiT-ELT through the real entry points: one training step, reloaded, sampled and evaluated."""
-import pytest
 import torch
 
 from elt.jobs.train import train
@@ -22,12 +21,11 @@ def test_one_step_train_then_reload_and_sample(train_cfg):
     assert images.shape == (2, 1, 8, 8)
 
 
-@pytest.mark.slow  # trains the digits judge in a fresh cache (~1-3 min on 2 cores)
-def test_one_step_train_then_evaluate_every_loop(train_cfg, tmp_path):
+def test_one_step_train_then_evaluate_every_loop(train_cfg, eval_cache, tmp_path):
     from elt.jobs.evaluate import evaluate
 
     ckpt = one_step_checkpoint(train_cfg)
-    result = evaluate(eval_cfg(ckpt, tmp_path / "eval", tmp_path / "cache", "eval.sampler={steps:2,kind:ddim}"))
+    result = evaluate(eval_cfg(ckpt, tmp_path / "eval", eval_cache, "eval.sampler={steps:2,kind:ddim}"))
     model_rows = [r for r in result["rows"] if r["row"] == "model"]
     assert [r["loops"] for r in model_rows] == [1, 2]
     assert all(r["gflops_per_sample"] > 0 for r in model_rows)

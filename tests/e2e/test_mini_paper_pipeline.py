@@ -16,7 +16,6 @@ from support.config import compose_cfg
 from support.miniature import make_fashion_mnist
 
 
-@pytest.mark.slow  # the whole two-stage path of both families at toy size: minutes on a CPU
 @pytest.mark.parametrize("family", ["maskgit", "dit"])
 def test_two_stage_pipeline_end_to_end_on_miniature_idx(family, tmp_path, train_cfg, monkeypatch):
     raw = make_fashion_mnist(tmp_path / "fm", train_per_class=6, test_per_class=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
-import pytest
 import torch
 
 from elt.data.fashion_mnist import FashionMNISTRaw
@@ -31,7 +30,6 @@ def test_shard_location_is_not_part_of_the_judge_key():
     assert a != judges.judge_key(recipe, {**module, "raw": {"train": {"split": "val"}}}, 10)
 
 
-@pytest.mark.slow  # two spawned processes: ~80 s on a busy 2-core machine
 def test_fashion_judge_trains_pinned_on_the_reader(tmp_path):
     raw = make_fashion_mnist(tmp_path, train_per_class=4, test_per_class=1)
     train = FashionMNISTRaw(raw, "train", val_per_class=1)
