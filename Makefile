@@ -10,7 +10,7 @@ DEMO := outputs/demo
 DEMO_EVAL := eval.precision=32
 export ELT_ROOT := $(CURDIR)
 
-.PHONY: help install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow bench clean \
+.PHONY: help install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow test-unit test-e2e bench clean \
 	paper-plan table-imagenet-maskgit table-imagenet-dit table-ucf101 table-throughput
 
 .DEFAULT_GOAL := install
@@ -78,11 +78,17 @@ demo-video-dit: install ## DiT-ELT 2N×4L with ILSD on the moving digits
 	$(PY) train.py experiment=moving_digits_dit hydra.run.dir=$(DEMO)/video_dit_ilsd ckpt_path=last
 	$(PY) eval.py ckpt_path=$(DEMO)/video_dit_ilsd/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/video_dit_ilsd/eval $(DEMO_EVAL)
 
-test: install ## the test suite (what CI runs)
+test: install ## the test suite without the slow tests (what CI runs)
 	$(PY) -m pytest -q
 
-test-slow: install ## the tests marked slow
+test-slow: install ## the tests marked slow (over ~20 s each on two CPU cores)
 	$(PY) -m pytest -q -m slow
+
+test-unit: install ## tests/unit: functions and classes (the slow ones: make test-slow)
+	$(PY) -m pytest -q tests/unit
+
+test-e2e: install ## tests/e2e: train, eval, prepare, sample, torchrun run end to end (the slow ones: make test-slow)
+	$(PY) -m pytest -q tests/e2e
 
 bench: install ## ILSD step overhead, bf16 vs fp32, compiled vs eager, activation memory
 	$(PY) benchmarks/ilsd_overhead.py

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ilsd_overhead import markdown_table, write_results  # noqa: E402
-from miniature import make_imagenet  # noqa: E402
+from support.miniature import make_imagenet  # noqa: E402
 
 from elt.data.raw.images import ImageNetRaw  # noqa: E402
 from elt.data.shards.format import encoder_fingerprint, plan_rank, stored_format  # noqa: E402

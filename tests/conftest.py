@@ -1,4 +1,5 @@
-"""Compose the real Hydra configs, shrink them, and run the real entry points."""
+"""Put src/ and tests/ (for the support package) on the path, pin the threads, and the fixtures every
+kind of test uses."""
 from __future__ import annotations
 
 import os
@@ -7,28 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from hydra.utils import instantiate
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = str(ROOT / "configs")
-sys.path.insert(0, str(ROOT / "src"))
-os.environ.setdefault("ELT_ROOT", str(ROOT))
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS.parent / "src"), str(TESTS)]
+os.environ.setdefault("ELT_ROOT", str(TESTS.parent))
 torch.set_num_threads(2)
 
-
-def compose_cfg(config_name: str, overrides: list[str], output_dir: Path | None = None):
-    """The config exactly as the entry point would see it, with the output dir moved to tmp."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        if output_dir is not None:
-            with open_dict(cfg):
-                cfg.paths.output_dir = str(output_dir)
-    return cfg
+from elt.evaluation import judges  # noqa: E402  (needs the path above)
+from support.config import compose_cfg  # noqa: E402
 
 
 @pytest.fixture
@@ -45,3 +33,13 @@ def train_cfg(tmp_path):
         return compose_cfg("train", base + list(overrides), tmp_path / "train")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def eval_cache(tmp_path_factory):
+    """One cache for the session's evaluations of digits checkpoints (hermetic: not data/cache), its
+    judge trained up front: each evaluation then reads that judge instead of training its own."""
+    cache = tmp_path_factory.mktemp("eval_cache")
+    data = compose_cfg("train", []).data.module
+    judges.load_or_train_judge("digits", instantiate(data), data, cache)
+    return cache
