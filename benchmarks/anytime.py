@@ -188,7 +188,7 @@ def render(results: dict) -> str:
     lines = ["# Any-time inference: loop schedules, Pareto search, early exit (`benchmarks/anytime.py`)", "",
              f"CPU, fp32 sampling, {len(SEEDS)} sampling seeds {SEEDS} (mean ± std). Quality = the Fréchet distance in the "
              "feature space of the dataset's domain judge (`fid_digits_cnn`, `fvd_moving_digits_cnn`: not Inception "
-             "FID/I3D FVD). GFLOPs/sample analytic (elt.core.schedules), early exit: measured from the loops actually run. "
+             "FID/I3D FVD). GFLOPs/sample analytic (elt.core.flops), early exit: measured from the loops actually run. "
              f"Early exit's wall time: where measured, {WALL_PAIRS} interleaved off/on pairs on one batch ({WALL_PER_CLASS} per "
              "class) at the same point, so both sides of each ratio share the machine's load, and the saving is the median "
              "pair ratio's; rows marked *not paired* come from the scored runs, measured at different times. The fronts' "

@@ -3,7 +3,7 @@
 Both paths feed MaskGIT-ELT the same thing (VQ tokens of ADM-cropped 256x256 images) from the same
 miniature ILSVRC folder, with the same DataLoader workers and batch size on the same machine. The
 on-the-fly path is what training without shards would do every epoch: PIL decode + ADM crop in the
-workers (elt.data.raw.ImageNetRaw), then the VQ encoder in the main process. The shard path is
+workers (elt.data.raw.images.ImageNetRaw), then the VQ encoder in the main process. The shard path is
 elt.data.ShardDataModule's stream (tar read, shuffle buffer, npy decode). Written images are solid
 colours and the VQ model is a small random one (5 down blocks: 16x16 tokens from 1024 codes), both
 much cheaper than real photos and a real VQGAN: the ratio is a lower bound. Results go to

@@ -1,9 +1,9 @@
 """Sampling throughput at batch 8 and peak training memory: each ELT throughput row vs its same-scale baseline.
 
-The paper reports ELT / baseline sampling throughput at batch 8 of B 6N×2L 1.0×, L 8N×3L 2.9×, XL 7N×4L 3.3×,
-H 8N×4L 3.5× (an accelerator's gain from fewer weight transfers: N unique layers stay in cache across the L
-loops). The rows are elt.experiments.paper.rows.THROUGHPUT, built from their experiment configs; ELT and baseline are timed
-interleaved in one run (median and min–max over repetitions) on whatever device is present, bf16 autocast
+The paper reports ELT / baseline sampling throughput at batch 8 for four scales (the ``throughput`` pairs of
+src/elt/experiments/paper/rows.yaml, with its ratios): an accelerator's gain from fewer weight transfers, as N
+unique layers stay in cache across the L loops. The rows are built from their experiment configs; ELT and
+baseline are timed interleaved in one run (median and min–max over repetitions) on whatever device is present, bf16 autocast
 where the device has native bf16 (elt.runtime.precision). Modes:
 
 - ``full``: the configs as they are (256 tokens, 24 decoding steps); what a GPU should run;

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from elt.experiments import runner
-from elt.experiments.mini_paper import arms, budget, claims, plan, report, stats
+from elt.experiments.mini_paper import arms, claims, plan, report, stats, walltime
 from elt.experiments.mini_paper.__main__ import main as mini_main
 
 RAW = "/fashion-mnist"  # never read: the plan only writes it into the commands
@@ -93,9 +93,9 @@ def test_simulated_wall_follows_the_run_order():
     tasks = [T("a", [], Path("a")), T("b", [], Path("b")), T("c", [], Path("c"), ["a"]), T("d", [], Path("d"), ["a", "b"])]
     secs = {"a": 10, "b": 30, "c": 5, "d": 7}
     # two slots: a and b at 0; c at 10 (ends 15); d waits for b until 30 (ends 37)
-    assert budget.simulated_wall(tasks, secs, jobs=2) == 37
-    assert budget.simulated_wall(tasks, secs, jobs=1) == 52 and budget.simulated_wall(tasks, secs, jobs=4) == 37
-    assert budget.fallbacks("eval_dit_ilsd_s2") == ["eval_dit_ilsd_", "eval_"] and budget.fallbacks("judge") == ["judge"]
+    assert walltime.simulated_wall(tasks, secs, jobs=2) == 37
+    assert walltime.simulated_wall(tasks, secs, jobs=1) == 52 and walltime.simulated_wall(tasks, secs, jobs=4) == 37
+    assert walltime.fallbacks("eval_dit_ilsd_s2") == ["eval_dit_ilsd_", "eval_"] and walltime.fallbacks("judge") == ["judge"]
 
 
 def test_a_failed_command_stops_only_what_needs_it(tmp_path, capsys):

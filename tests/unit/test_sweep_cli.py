@@ -37,6 +37,10 @@ def test_the_old_group_name_is_named(args, new):
     assert cli.renamed_group(args).endswith(f"the config group budget is called depth; pass {new}")
 
 
+def test_a_removed_experiment_names_its_replacement():
+    assert cli.renamed_group(["experiment=digits_dit_vanilla"]).endswith("pass experiment=digits_dit ilsd=off")
+
+
 @pytest.mark.parametrize("args", [["budget.gflops=2"], ["budget={gflops: 2, seconds: null}"], ["depth=2Nx4L"], []])
 def test_sample_budgets_and_the_new_name_pass(args):
     assert cli.renamed_group(args) is None

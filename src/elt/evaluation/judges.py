@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import trange
 
 from elt.data.moving_digits import DIRECTIONS
+from elt.runtime.checkpoint import FIRST_TARGETS, retarget
 from elt.runtime.devices import single_thread
 from elt.runtime.files import atomic_path, fingerprint
 
@@ -148,7 +149,7 @@ def data_key(data_module_cfg: DictConfig | dict) -> dict:
     model family's shards are: MaskGIT-ELT's tokens and DiT-ELT's latents of one dataset share its
     judge), so a different split retrains the judge."""
     cfg = OmegaConf.to_container(data_module_cfg, resolve=True) if isinstance(data_module_cfg, DictConfig) else dict(data_module_cfg)
-    return {k: v for k, v in cfg.items() if k not in LOADER_KEYS}
+    return retarget({k: v for k, v in cfg.items() if k not in LOADER_KEYS}, FIRST_TARGETS)
 
 
 def judge_key(recipe: JudgeRecipe, data_module_cfg, num_classes: int) -> str:

@@ -3,20 +3,23 @@ ratios, per loop count.
 
 A model on the independent-pixel plateau (it learned per-position marginals and ignores the visible
 tokens) scores the same with 10% masked as with everything masked; one that uses context scores much
-better with more visible. The video demo's README reports this beside FVD, because near the plateau
-the samples alone do not say which side a run is on.
+better with more visible. docs/demo_results.md reports this beside the video demo's FVD, because
+near the plateau the samples alone do not say which side a run is on.
 
     python -m elt.experiments.context <ckpt> [--ratios 0.1 1.0] [--loops 1 4] [--n 200]
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from elt.evaluation.tables import grid_table
 from elt.runtime.checkpoint import load_run
+from elt.runtime.cli import run_tool
 
 
 @torch.no_grad()
@@ -38,28 +41,31 @@ def masked_loss(model, images: torch.Tensor, labels: torch.Tensor, ratios, loops
     return out
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("ckpt")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.5, 0.9, 1.0])
     p.add_argument("--loops", nargs="+", type=int, default=None, help="default: 1 and the run's Lmax")
     p.add_argument("--n", type=int, default=200, help="held-out videos/images (the first n of the val split)")
     args = p.parse_args(argv)
-    model, cfg = load_run(args.ckpt)
-    loops = args.loops or sorted({1, int(cfg.Lmax)})
-    datamodule = instantiate(cfg.data.module)
-    datamodule.setup()
-    val = datamodule.val_dataset
-    batch = [val[i] for i in range(min(args.n, len(val)))]
-    images = torch.stack([b["image"] for b in batch])
-    labels = torch.tensor([b["label"] for b in batch])
-    losses = masked_loss(model, images, labels, args.ratios, loops)
-    print(f"held-out masked-token loss, {len(batch)} samples ({cfg.run_name})")
-    print("| masked | " + " | ".join(f"L={L}" for L in loops) + " |")
-    print("|---|" + "---|" * len(loops))
-    for r in args.ratios:
-        print(f"| {r:.0%} | " + " | ".join(f"{losses[(r, L)]:.3f}" for L in loops) + " |")
+
+    def body() -> int:
+        model, cfg = load_run(args.ckpt)
+        loops = args.loops or sorted({1, int(cfg.Lmax)})
+        datamodule = instantiate(cfg.data.module)
+        datamodule.setup()
+        val = datamodule.val_dataset
+        batch = [val[i] for i in range(min(args.n, len(val)))]
+        images = torch.stack([b["image"] for b in batch])
+        labels = torch.tensor([b["label"] for b in batch])
+        losses = masked_loss(model, images, labels, args.ratios, loops)
+        print(f"held-out masked-token loss, {len(batch)} samples ({cfg.run_name})")
+        print(grid_table(["masked", *(f"L={L}" for L in loops)],
+                         [[f"{r:.0%}", *(f"{losses[(r, L)]:.3f}" for L in loops)] for r in args.ratios]))
+        return 0
+
+    return run_tool(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

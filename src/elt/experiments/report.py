@@ -18,7 +18,7 @@ from elt.evaluation.tables import markdown_table, quality_metrics
 from elt.experiments.paper.rows import TABLES
 from elt.experiments.paper.tables import render_table
 from elt.experiments.results import find_results, read_results
-from elt.runtime.config import ConfigError
+from elt.runtime.cli import run_tool
 from elt.runtime.files import write_text_atomic
 
 
@@ -88,15 +88,15 @@ def main(argv=None) -> int:
     c.add_argument("evals", nargs="+", help="evaluation directories, directories above them, or globs")
     c.add_argument("--out", default="outputs/compare")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         path = render_table(args.table, Path(args.runs), Path(args.out)) if args.cmd == "table" else \
             compare(args.evals, Path(args.out))
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
-    print(Path(path).read_text())
-    print(f"written: {path}")
-    return 0
+        print(Path(path).read_text())
+        print(f"written: {path}")
+        return 0
+
+    return run_tool(body)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from elt.data.fashion_mnist import DEFAULT_ROOT, FashionMNISTRaw
+from elt.runtime.cli import run_tool
 from elt.runtime.devices import single_thread
 from elt.runtime.files import fingerprint
 
@@ -178,13 +179,13 @@ def main(argv=None) -> int:
     p.add_argument("--val-items", type=int, default=2000, help="held-out images reconstruction is scored on")
     p.add_argument("--val-per-class", type=int, default=500, help="the data config's data.val_per_class")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         fit(args.kind, args.raw_root, Path(args.out), seed=args.seed, batch_size=args.batch_size, limit=args.limit,
-              val_items=args.val_items, val_per_class=args.val_per_class, steps=args.steps)
-    except (FileNotFoundError, ValueError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
-    return 0
+            val_items=args.val_items, val_per_class=args.val_per_class, steps=args.steps)
+        return 0
+
+    return run_tool(body)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from elt.evaluation.settings import Settings, read_settings
 from elt.evaluation.sweep import LoopSweep
 from elt.evaluation.tables import log_to_loggers, quality_metrics, write_tables
 from elt.runtime import precision
-from elt.runtime.checkpoint import load_run, relocate_data
+from elt.runtime.checkpoint import load_run, relocate_data, require_ckpt_path
 from elt.runtime.config import ConfigError, instantiate_group
 from elt.runtime.devices import pick_device
 from elt.runtime.distributed import Ranks
@@ -51,8 +51,7 @@ def stored_run(cfg: DictConfig):
 def load_for_evaluation(cfg: DictConfig, ranks: Ranks):
     """Every check and load before a sweep (shared with elt.jobs.pareto): -> (model, train_cfg,
     settings, sampler, device, sampling precision, reference npz or None)."""
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+    require_ckpt_path(cfg)
     require_creatable_dir(cfg.eval.output_dir, "eval.output_dir")
     device = pick_device(cfg.eval.get("device", "auto"), ranks)
     sample_precision = precision.resolve(cfg.eval.get("precision", "auto"), device.type, "eval.precision")
@@ -85,7 +84,6 @@ def report(cfg, train_cfg, model, s: Settings, sampler, sample_precision, sweep:
     grids = {L: out_dir / "grids" / f"L{L}.png" for L in s.loops if (out_dir / "grids" / f"L{L}.png").is_file()}
     log_to_loggers(build_loggers(cfg, train_cfg), rows, meta, figures, grids)
     return {"rows": rows, "table": table, "output_dir": str(out_dir), "figures": {k: str(v) for k, v in figures.items()}}
-
 
 
 def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str, extractors,

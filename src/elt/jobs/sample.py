@@ -5,7 +5,14 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from elt.evaluation.plots import save_animation, save_grid
+from elt.runtime import precision
+from elt.runtime.checkpoint import load_run, require_ckpt_path
+from elt.runtime.config import ConfigError
+from elt.runtime.devices import pick_device
+from elt.runtime.distributed import Ranks
 from elt.samplers.budget import BudgetError, generate
 
 
@@ -23,17 +30,7 @@ def find_front(spec, ckpt_path) -> str | None:
 
 def sample_entry(cfg) -> dict:
     """sample.py: load, choose under the budget, sample, write the grid, print the choice."""
-    from omegaconf import OmegaConf
-
-    from elt.runtime import precision
-    from elt.runtime.checkpoint import load_run
-    from elt.runtime.config import ConfigError
-    from elt.runtime.distributed import Ranks
-    from elt.runtime.devices import pick_device
-    from elt.evaluation.plots import save_animation, save_grid
-
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+    require_ckpt_path(cfg)
     gflops, seconds = OmegaConf.select(cfg, "budget.gflops"), OmegaConf.select(cfg, "budget.seconds")
     n = cfg.get("n")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

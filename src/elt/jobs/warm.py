@@ -24,7 +24,7 @@ from elt.evaluation.references import judges_and_references
 from elt.evaluation.scoring import load_reference_npz
 from elt.evaluation.settings import read_settings
 from elt.jobs.evaluate import stored_run
-from elt.runtime.cli import one_line, run_cli
+from elt.runtime.cli import one_line, renamed_group, run_cli
 from elt.runtime.config import compose
 from elt.runtime.distributed import Ranks
 from elt.runtime.devices import pick_device
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] - %(message)s")
+    renamed = renamed_group(argv)
+    if renamed:
+        print(renamed, file=sys.stderr)
+        sys.exit(2)
     to_train, to_eval = split_overrides(argv)
     try:
         cfgs = (None if to_train is None else compose("train", to_train),

@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from elt.runtime.cli import one_line
+from elt.runtime.config import ConfigError
 from elt.runtime.files import require_local_file
 
 # What the consumers of a run (eval, the notebook, the context test) read from its stored config:
@@ -33,14 +34,19 @@ MOVED_TARGETS = {
 }
 
 
-def current_targets(node):
-    """The stored config with every moved ``_target_`` replaced by its current path."""
+def retarget(node, paths: dict[str, str]):
+    """A plain config with every ``_target_`` found in ``paths`` replaced by its value there."""
     if isinstance(node, dict):
-        return {k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else current_targets(v)
+        return {k: paths.get(v, v) if k == "_target_" and isinstance(v, str) else retarget(v, paths)
                 for k, v in node.items()}
     if isinstance(node, list):
-        return [current_targets(v) for v in node]
+        return [retarget(v, paths) for v in node]
     return node
+
+
+# Cache keys (judges, reference statistics, evaluation rows) name a class by its first path, so moving
+# a class keeps what was computed with it.
+FIRST_TARGETS = {new: old for old, new in MOVED_TARGETS.items()}
 
 
 class CheckpointError(ValueError):
@@ -57,8 +63,15 @@ def read_checkpoint(path, map_location: str = "cpu") -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} has no state_dict: not a Lightning checkpoint written by train.py")
     if isinstance(ckpt.get("elt_config"), dict):
-        ckpt["elt_config"] = current_targets(ckpt["elt_config"])
+        ckpt["elt_config"] = retarget(ckpt["elt_config"], MOVED_TARGETS)
     return ckpt
+
+
+def require_ckpt_path(cfg: DictConfig) -> str:
+    """The job's ``ckpt_path``, or one line saying how to pass it."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+    return cfg.ckpt_path
 
 
 def load_run(ckpt_path, map_location: str = "cpu") -> tuple[torch.nn.Module, DictConfig]:

@@ -27,6 +27,8 @@ USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, N
 # old group name -> new: an override that picks an option by the old name gets one line naming the new one
 # (Hydra's own error would not; ``budget`` is also sample.py's ``budget.gflops``, so only options count)
 RENAMED_GROUPS = {"budget": "depth"}
+# removed option -> what to pass instead
+REMOVED_OPTIONS = {"experiment=digits_dit_vanilla": "experiment=digits_dit ilsd=off"}
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 ERROR_FILE = "error.txt"
 
@@ -84,6 +86,17 @@ def one_line(e: BaseException, foreign: bool = False) -> str:
     return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
 
 
+def run_tool(body) -> int:
+    """A ``python -m`` tool's body (argparse, not Hydra): a user error is one ``error:`` line and exit 2."""
+    try:
+        return body() or 0
+    except USER_ERRORS as e:
+        if os.environ.get("ELT_DEBUG"):
+            raise
+        print("error: " + one_line(e), file=sys.stderr)
+        return 2
+
+
 def sweep_job() -> tuple[SweepJob, Path | None] | None:
     """This multirun job and its directory, or None outside a multirun (a single run, a composed test config)."""
     if not HydraConfig.initialized():
@@ -128,8 +141,11 @@ def fail_sweep_job(job: SweepJob, out: Path | None, message: str) -> None:
 
 
 def renamed_group(args: list[str]) -> str | None:
-    """The error line for a command-line override that selects a renamed group's option by the old name."""
+    """The error line for a command-line override that selects a renamed group's option by the old name,
+    or a removed option."""
     for arg in args:
+        if arg.lstrip("+~") in REMOVED_OPTIONS:
+            return f"error: {arg} is removed; pass {REMOVED_OPTIONS[arg.lstrip('+~')]}"
         key, _, value = arg.lstrip("+~").partition("=")
         new = RENAMED_GROUPS.get(key)
         if new is None:

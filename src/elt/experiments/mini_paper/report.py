@@ -9,7 +9,7 @@ from pathlib import Path
 from elt import repo_root
 from elt.evaluation.tables import grid_table
 from elt.experiments.mini_paper.arms import ARMS, FAMILIES, SAMPLES_PER_CLASS, mode_settings
-from elt.experiments.mini_paper.budget import budget_line, measured_times
+from elt.experiments.mini_paper.walltime import budget_line, measured_times
 from elt.experiments.mini_paper.claims import claims
 from elt.experiments.mini_paper.plan import plan, run_dir
 from elt.experiments.mini_paper.stats import K_SE, METRIC, REL_MARGIN, fmt, fmt_ref, mean_std

@@ -12,7 +12,7 @@ from elt.experiments.paper import docs
 from elt.experiments.paper.plan import TOLERANCE, plan, plan_markdown
 from elt.experiments.paper.rows import TABLES
 from elt.experiments.paper.run import run_table
-from elt.runtime.config import ConfigError
+from elt.runtime.cli import run_tool
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
         return 0 if current or not args.check else 1
     args.overrides = [*args.overrides, *rest]  # Hydra overrides may stand before or after the options
     rows = args.rows.split(",") if args.rows else None
-    try:
+
+    def body() -> int:
         if args.cmd == "plan":
             described, ok = plan(rows, args.overrides)
             print(plan_markdown(described))
@@ -59,9 +60,8 @@ def main(argv=None) -> int:
         if path:
             print(f"table: {path}")
         return 0
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+
+    return run_tool(body)
 
 
 if __name__ == "__main__":
