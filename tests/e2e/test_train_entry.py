@@ -1,4 +1,6 @@
 """The real train() on shrunk configs: one step per model config and per experiment."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,7 +8,8 @@ import torch
 
 from elt.runtime.checkpoint import load_run
 from elt.jobs.train import train
-from support.config import CONFIGS
+from elt.runtime import precision
+from support.config import CONFIGS, ROOT
 
 MODELS = sorted(p.stem for p in (Path(CONFIGS) / "model").glob("*.yaml"))
 # experiments on the embedded data run here; the real-data ones (ucf101_*) are shape-checked in test_video.py
@@ -70,3 +73,26 @@ def test_bad_checkpoints_fail_with_the_path(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="elt_config"):
         load_run(foreign)
+
+
+def test_maskgit_trains_on_moving_digits_through_the_entry_point(train_cfg):
+    out = train(train_cfg("data=moving_digits", "data.frames=2", "data.canvas=9", "data.batch_size=4"))
+    assert {"val/loss_L1", "val/loss_L2", "val/loss_L3", "val/loss_L4"} <= set(out["metrics"])
+
+
+def test_train_resolves_auto_before_building_the_trainer(train_cfg, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    out = train(train_cfg("trainer.precision=auto", "trainer.max_steps=1"))
+    stored = torch.load(out["ckpt_path"], weights_only=False)["elt_config"]
+    assert stored["trainer"]["precision"] == "32-true"  # the checkpoint records what was used
+
+
+def test_cli_bad_value_is_one_line_and_nonzero_exit(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "ilsd.Lmin=4", "Lmax=4", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert lines[-1].startswith("error: ilsd.Lmin must be < Lmax"), proc.stderr
+    assert not (tmp_path / "checkpoints").exists()

@@ -23,11 +23,3 @@ def test_explicit_choices_are_kept_and_bad_ones_refused(monkeypatch):
         precision.resolve("fp8", "cpu", what="eval.precision")
 
 
-def test_train_resolves_auto_before_building_the_trainer(train_cfg, monkeypatch):
-    from elt.jobs.train import train
-    import torch
-
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
-    out = train(train_cfg("trainer.precision=auto", "trainer.max_steps=1"))
-    stored = torch.load(out["ckpt_path"], weights_only=False)["elt_config"]
-    assert stored["trainer"]["precision"] == "32-true"  # the checkpoint records what was used

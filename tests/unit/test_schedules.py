@@ -114,31 +114,3 @@ def test_eval_schedules_are_validated_before_any_work():
     cfg = compose_cfg("eval", ["ckpt_path=x", "eval.schedules=[linear:1-3,[1,2,3]]"])
     assert read_settings(cfg, 3, 10).schedules == ["linear:1-3", [1, 2, 3]]
     assert OmegaConf.select(cfg, "eval.schedules") is not None
-
-
-def test_eval_scores_schedules_as_rows_beside_fixed_l(train_cfg, eval_cache, tmp_path):
-    import json
-
-    from elt.jobs.evaluate import evaluate
-    from elt.jobs.train import train
-
-    ckpt = train(train_cfg("N=1", "Lmax=2"))["ckpt_path"]
-    out = tmp_path / "eval"
-    cfg = compose_cfg_eval(ckpt, out, eval_cache, "eval.schedules=[linear:2-1,change:1.5,[1,2]]")
-    result = evaluate(cfg)
-    rows = {r["name"]: r for r in result["rows"]}
-    fixed = {r["loops"]: r for r in result["rows"] if r["row"] == "model"}
-    ramp = rows["schedule linear:2-1"]
-    assert ramp["row"] == "schedule" and ramp["loops"] == 1.5
-    assert ramp["gflops_per_sample"] == pytest.approx((fixed[1]["gflops_per_sample"] + fixed[2]["gflops_per_sample"]) / 2)
-    assert "fid_digits_cnn" in ramp and "schedule change:1.5" in rows and "schedule [1,2]" in rows
-    assert {p.name for p in (out / "loops").glob("S_*.json")} == {"S_linear_2-1.json", "S_change_1.5.json", "S__1_2_.json"}
-    assert "| schedule linear:2-1 | 1.5 |" in result["table"]
-    saved = json.loads((out / "loops" / "S_linear_2-1.json").read_text())
-    assert saved["row"] == ramp
-
-
-def compose_cfg_eval(ckpt, out, cache, *overrides):
-    return compose_cfg("eval", [f"ckpt_path={ckpt}", f"paths.cache_dir={cache}", "eval.samples_per_class=2",
-                                "eval.batch_size=16", "eval.grid_per_class=1", "eval.is_splits=2", "eval.progress=false",
-                                "eval.sampler={steps:2}", "eval.reference_rows=false", *overrides], out)

@@ -113,11 +113,6 @@ def test_maskgit_sincos_positions_start_smooth_at_the_normal_scale():
         MaskGITELT(tok, 10, N=1, Lmax=2, width=32, heads=2, mlp_dim=64, pos_init="rope")
 
 
-def test_maskgit_trains_on_moving_digits_through_the_entry_point(train_cfg):
-    out = train(train_cfg("data=moving_digits", "data.frames=2", "data.canvas=9", "data.batch_size=4"))
-    assert {"val/loss_L1", "val/loss_L2", "val/loss_L3", "val/loss_L4"} <= set(out["metrics"])
-
-
 # ---- UCF-101 shapes through a TorchScript tokenizer the test makes --------------------------------------
 @pytest.fixture
 def magvit_file(tmp_path):
