@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ilsd_overhead import interleaved, markdown_table, ratio_cell, write_results  # noqa: E402  (same folder)
+from ilsd_overhead import interleaved, table_lines, ratio_cell, write_results  # noqa: E402  (same folder)
 
 WIDTH, HEADS = 256, 4
 ROWS = {  # name -> family, N, Lmax, batch, data shape (DiT: latent C,H,W with patch 2; MaskGIT: token grid)
@@ -136,7 +136,7 @@ def main():
              "Checkpointing keeps one state per (loop, block) call. The looped rows keep a floor of up to one extra "
              "copy of the backbone's gradients: autograd sums a shared weight's per-loop gradient contributions "
              "before accumulating them (the same with ILSD off), so it scales with N, not with N·L. Step times are "
-             "one step each on a shared CPU: indicative only.", "", *markdown_table(
+             "one step each on a shared CPU: indicative only.", "", *table_lines(
         ["model", "params (M)", "tokens", "batch", "step peak (MiB)", "checkpointed (MiB)",
          "checkpointed / plain (median, min–max)", "saved", "step time plain → checkpointed (s, 1 step)"],
         [[r["label"], f"{r['params_m']:.1f}", str(r["tokens"]), str(r["batch"]), f"{r['plain_step_mib']:.0f}",

@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ilsd_overhead import interleaved, markdown_table, ratio_cell, step_time, write_results  # noqa: E402  (same folder)
+from ilsd_overhead import interleaved, table_lines, ratio_cell, step_time, write_results  # noqa: E402  (same folder)
 from precision import cpu_flags, video_model  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main():
     rows = [measure(bf16, args) for bf16 in (False, True)]
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(),
             "machine": platform.processor() or platform.machine()}
-    lines = [f"torch {meta['torch']}, {meta['threads']} threads; first 3 compiled steps include building the graphs", "", *markdown_table(
+    lines = [f"torch {meta['torch']}, {meta['threads']} threads; first 3 compiled steps include building the graphs", "", *table_lines(
         ["precision", "width", "tokens", "batch", "eager step (s)", "compiled step (s)",
          "compiled / eager (median, min–max)", "first 3 compiled steps (s)"],
         [[*(str(r[k]) for k in ("precision", "width", "tokens", "batch")), f"{r['eager_step_s']:.3f}",

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ilsd_overhead import markdown_table, write_results  # noqa: E402
+from ilsd_overhead import table_lines, write_results  # noqa: E402
 from support.miniature import make_imagenet  # noqa: E402
 
 from elt.data.raw.images import ImageNetRaw  # noqa: E402
@@ -120,7 +120,7 @@ def main():
     table = [f"Training-input throughput, {len(raw)} miniature ILSVRC JPEGs ({args.size[0]}x{args.size[1]}) -> 256x256 "
              f"-> 16x16 VQ tokens; {args.workers} DataLoader workers, batch {args.batch}, 1 torch thread, "
              f"{meta['cpus']} CPUs (`python benchmarks/data_loader.py`).", ""]
-    table += markdown_table(["path", "samples", "seconds", "samples/s"],
+    table += table_lines(["path", "samples", "seconds", "samples/s"],
                             [[r["path"], str(r["samples"]), f"{r['seconds']:.2f}", f"{r['samples_per_s']:.0f}"] for r in rows])
     table += ["", f"Shards are {speedup:.0f}x faster (encoding and writing them, once, took {prepare_s:.1f} s in one process). "
                   "Solid-colour JPEGs and a tiny random VQ model make the on-the-fly path cheaper than real "

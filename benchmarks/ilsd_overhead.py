@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from elt.models import MaskGITELT  # noqa: E402
 from elt.encoders.tokenizers import PixelAutoencoder, PixelTokenizer  # noqa: E402
+from elt.evaluation.tables import grid_table  # noqa: E402
 
 
 def build(family: str, width: int, N: int, Lmax: int):
@@ -70,9 +71,9 @@ def ratio_cell(row: dict, digits: int) -> str:
     return f"{row['ratio_median']:.{digits}f} ({row['ratio_min']:.{digits}f}–{row['ratio_max']:.{digits}f})"
 
 
-def markdown_table(columns: list[str], cells: list[list[str]]) -> list[str]:
-    """Header, separator and one line per row of a results table."""
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(c) + " |" for c in cells]
+def table_lines(columns: list[str], cells: list[list[str]]) -> list[str]:
+    """A results table's lines."""
+    return grid_table(columns, cells).splitlines()
 
 
 def write_results(out: str, meta: dict, rows: list[dict], table: list[str]) -> None:
@@ -113,7 +114,7 @@ def main():
     args = p.parse_args()
     rows = [measure(f, args) for f in args.families]
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
-    lines = markdown_table(
+    lines = table_lines(
         ["family", "N×L", "batch", "plain step (s)", "ILSD step (s)", "ILSD / plain (median, min–max)", "target"],
         [[r["family"], f"{r['N']}N×{r['Lmax']}L w{r['width']}", str(r["batch"]), f"{r['plain_step_s']:.3f}",
           f"{r['ilsd_step_s']:.3f}", ratio_cell(r, 3), f"≤ {r['target']}"] for r in rows])

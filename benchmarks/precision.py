@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from elt.models import MaskGITELT  # noqa: E402
 from elt.encoders.tokenizers import PixelTokenizer  # noqa: E402
-from ilsd_overhead import interleaved, markdown_table, ratio_cell, step_time, write_results  # noqa: E402  (same folder)
+from ilsd_overhead import interleaved, table_lines, ratio_cell, step_time, write_results  # noqa: E402  (same folder)
 
 
 def cpu_flags() -> list[str]:
@@ -73,7 +73,7 @@ def main():
         rows += [measure(w, max(2, w // 32), args) for w in args.widths]
     meta = {"torch": torch.__version__, "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
             "machine": platform.processor() or platform.machine()}
-    lines = [f"CPU bf16 flags: {', '.join(meta['cpu_flags']) or 'none'}; {meta['cores']} cores", "", *markdown_table(
+    lines = [f"CPU bf16 flags: {', '.join(meta['cpu_flags']) or 'none'}; {meta['cores']} cores", "", *table_lines(
         ["threads", "width", "heads", "tokens", "batch", "fp32 step (s)", "bf16 step (s)", "bf16 / fp32 (median, min–max)"],
         [[*(str(r[k]) for k in ("threads", "width", "heads", "tokens", "batch")), f"{r['fp32_step_s']:.3f}",
           f"{r['bf16_step_s']:.3f}", ratio_cell(r, 2)] for r in rows])]

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from elt.core import flops, schedules
 from elt.evaluation.plots import save_figure
+from elt.evaluation.tables import grid_table
 from elt.evaluation.sweep import LoopSweep, RowCache, balanced_labels, schedule_key
 from elt.jobs.evaluate import load_for_evaluation
 from elt.runtime.cli import launch, run_cli
@@ -243,15 +244,13 @@ def front_table(result: dict) -> str:
     m = result["metric"]
     lines = [f"**{result['run']}**: Pareto front of {m} (mean ± std over seeds {result['seeds']}, "
              f"{result['samples_per_class']} samples per class) against GFLOPs/sample"
-             + (f" within {result['budget_gflops']:g}" if result["budget_gflops"] else "") + ".",
-             "", "| steps | schedule | loops per step | GFLOPs/sample | " + m + " | s/sample | front | paper fixed-L |",
-             "|---|---|---|---|---|---|---|---|"]
-    for p in result["scored"]:
-        plan = run_lengths(p["plan"])
-        lines.append(f"| {p['steps']} | {schedules.name(p['schedule'])} | {plan} | {p['gflops']:.4g} | "
-                     f"{p['quality']:.4g} ± {p['quality_std']:.2g} | {p['seconds_per_sample']:.3g} | "
-                     f"{'yes' if p['on_front'] else ''} | {'yes' if p['paper'] else ''} |")
-    return "\n".join(lines) + "\n"
+             + (f" within {result['budget_gflops']:g}" if result["budget_gflops"] else "") + ".", ""]
+    cells = [[str(p["steps"]), schedules.name(p["schedule"]), run_lengths(p["plan"]), f"{p['gflops']:.4g}",
+              f"{p['quality']:.4g} ± {p['quality_std']:.2g}", f"{p['seconds_per_sample']:.3g}",
+              "yes" if p["on_front"] else "", "yes" if p["paper"] else ""] for p in result["scored"]]
+    table = grid_table(["steps", "schedule", "loops per step", "GFLOPs/sample", m, "s/sample", "front", "paper fixed-L"],
+                       cells)
+    return "\n".join(lines + [table]) + "\n"
 
 
 def front_figure(result: dict, title: str, ax=None):

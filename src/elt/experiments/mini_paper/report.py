@@ -149,15 +149,13 @@ def report(runs: Path, out: Path, quick: bool, raw_root: str, img_dir: Path | No
         img = figure(arms, f"{name} on Fashion-MNIST", out / f"mini_{'quick_' if quick else ''}{fam}_fd_vs_loops.png")
         if img_dir is not None:
             shutil.copyfile(img, Path(img_dir) / img.name)
-        lines += [f"![{name}: FD vs loops]({img.name})", "", "| claim | paper's evidence | ours | test | verdict |",
-                  "|---|---|---|---|---|"]
-        for c in claims(arms):
-            verdict = c["verdict"] + (" (provisional: 1 seed)" if c["provisional"] else "")
-            lines.append(f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['test']} | **{verdict}** |")
-        lines.append("")
+        verdicts = [[c["claim"], c["paper"], c["ours"], c["test"],
+                     f"**{c['verdict']}{' (provisional: 1 seed)' if c['provisional'] else ''}**"] for c in claims(arms)]
+        lines += [f"![{name}: FD vs loops]({img.name})", "",
+                  grid_table(["claim", "paper's evidence", "ours", "test", "verdict"], verdicts), ""]
     if timings:
-        lines += ["## Measured wall time (one thread per command)", "", "| command | seconds |", "|---|---|",
-                  *[f"| {k} | {v:.0f} |" for k, v in timings.items()], ""]
+        lines += ["## Measured wall time (one thread per command)", "",
+                  grid_table(["command", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()]), ""]
         lines += [budget_line(timings, plan(runs, quick=True, raw_root=raw_root), "MINI=quick"), "",
                   budget_line(timings, full, "Full mini-paper"), ""]
     out.mkdir(parents=True, exist_ok=True)
