@@ -38,6 +38,11 @@ class Settings:
     reconstruction_row: bool = False  # the stage-one floor: floor-split images through the model's tokenizer/autoencoder
 
 
+def loops_override(spec) -> str:
+    """``eval.loops`` as written on eval.py's command line: ``all``, ``4`` or ``[1,2,4]``."""
+    return f"[{','.join(str(int(x)) for x in spec)}]" if isinstance(spec, (list, ListConfig)) else str(spec)
+
+
 def parse_loops(spec, extra: int, lmax: int) -> list[int]:
     if isinstance(spec, str) and spec == "all":
         loops = list(range(1, lmax + 1))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from elt.evaluation.settings import loops_override
+
 ARMS_FILE = Path(__file__).with_name("arms.yaml")
 
 
@@ -30,12 +32,8 @@ class Family:
     weights: str  # the folder under data/weights stage one writes and the data config reads
 
 
-def _loops(v) -> str:
-    return f"[{','.join(str(int(x)) for x in v)}]" if isinstance(v, list) else str(v)
-
-
 _data = OmegaConf.to_container(OmegaConf.load(ARMS_FILE))
-ARMS = {name: Arm(a["label"], int(a["N"]), int(a["Lmax"]), a.get("ilsd"), _loops(a["eval_loops"]), int(a["extra_loops"]))
+ARMS = {name: Arm(a["label"], int(a["N"]), int(a["Lmax"]), a.get("ilsd"), loops_override(a["eval_loops"]), int(a["extra_loops"]))
         for name, a in _data["arms"].items()}
 FAMILIES = {name: Family(**f) for name, f in _data["families"].items()}
 SEEDS_FULL, SEEDS_QUICK = tuple(_data["seeds"]["full"]), tuple(_data["seeds"]["quick"])

@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from elt import repo_root
+from elt.evaluation.settings import loops_override
 from elt.experiments.paper.rows import PaperRow, compose_row, eval_spec, rows_of
 from elt.experiments.paper.tables import render_table
 from elt.experiments.runner import Task, run_tasks
@@ -61,8 +62,7 @@ def tasks(table: str, runs: Path, scale: str = "paper", configs: list[str] | Non
                                       *([f"++trainer.accumulate_grad_batches={k}"] if k else [])])
         spec = eval_spec(cfg)
         steps = min(spec["steps"], SMOKE_SAMPLER_STEPS) if scale == "smoke" else spec["steps"]
-        loops = spec["loops"]
-        loops = f"[{','.join(str(int(x)) for x in loops)}]" if isinstance(loops, (list, ListConfig)) else str(loops)
+        loops = loops_override(spec["loops"])
         for s in spec["cfg_scales"][:1] if scale == "smoke" else spec["cfg_scales"]:  # smoke: the first scale
             add(f"eval_{r.config}_{cfg_dir_name(s)}", [
                 py, str(root / "eval.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
