@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from activation_memory import status_kib  # noqa: E402  (same folder)
-from ilsd_overhead import interleaved, markdown_table, write_results  # noqa: E402
+from ilsd_overhead import interleaved, table_lines, write_results  # noqa: E402
 
 from elt.runtime import precision  # noqa: E402
 from elt.experiments.paper.rows import THROUGHPUT, compose_row  # noqa: E402
@@ -186,7 +186,7 @@ def main():
     lines = [f"Sampling throughput at batch {BATCH}, ELT vs the same-scale baseline at the same effective depth, measured "
              f"interleaved on {meta['device']} in {meta['precision']}, {what}; median (min–max) of {args.reps} repetitions. "
              f"Peak training memory: one ILSD training step with AdamW ({memory}).", "",
-             *markdown_table(
+             *table_lines(
                  ["scale", "ELT", "baseline", "params ELT / baseline (M)", "images/s ELT", "images/s baseline",
                   "throughput ELT / baseline (ours)", "paper (accelerator, full size)", "train peak ELT / baseline (MiB)",
                   "memory ratio"],
