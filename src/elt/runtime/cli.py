@@ -144,9 +144,10 @@ def renamed_group(args: list[str]) -> str | None:
     """The error line for a command-line override that selects a renamed group's option by the old name,
     or a removed option."""
     for arg in args:
-        if arg.lstrip("+~") in REMOVED_OPTIONS:
-            return f"error: {arg} is removed; pass {REMOVED_OPTIONS[arg.lstrip('+~')]}"
-        key, _, value = arg.lstrip("+~").partition("=")
+        bare = arg.lstrip("+~")
+        if bare in REMOVED_OPTIONS:
+            return f"error: {arg} is removed; pass {REMOVED_OPTIONS[bare]}"
+        key, _, value = bare.partition("=")
         new = RENAMED_GROUPS.get(key)
         if new is None:
             continue
