@@ -10,6 +10,8 @@ from elt.runtime.config import ConfigError, compose
 
 ROWS_FILE = Path(__file__).with_name("rows.yaml")
 RECIPES_FILE = Path(__file__).with_name("recipes.yaml")
+PROTOCOLS_FILE = Path(__file__).with_name("protocols.yaml")
+PROTOCOLS = OmegaConf.to_container(OmegaConf.load(PROTOCOLS_FILE))
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,22 @@ def compose_row(config: str, overrides=()) -> DictConfig:
 
 
 def eval_spec(cfg: DictConfig) -> dict:
-    """The row's evaluation: loop counts, sampler steps, guidance scales, sample count."""
+    """The row's evaluation: loop counts, sampler steps, guidance scales, and its published protocol
+    (``protocols.yaml``: the header's text and the eval.py settings, ``reference_stats`` included)."""
     e = OmegaConf.to_container(cfg.get("paper", {}).get("eval", {}) or {}, resolve=True)
     steps = int(e.get("steps") or cfg.model.sampler.steps)
     scales = [float(s) for s in e.get("cfg_scales") or [cfg.model.sampler.cfg_scale]]
-    return {"loops": e.get("loops", "all"), "steps": steps, "cfg_scales": scales, "num_samples": e.get("num_samples")}
+    name = e.get("protocol")
+    if name is not None and name not in PROTOCOLS:
+        raise ConfigError(f"paper.eval.protocol={name!r} is not a protocol; choose from {', '.join(PROTOCOLS)}")
+    protocol = PROTOCOLS.get(name, {})
+    settings = dict(protocol.get("eval", {}))
+    if protocol.get("reference_stats"):
+        if not e.get("reference_stats"):
+            raise ConfigError(f"paper.eval.protocol={name} reads precomputed statistics: set paper.eval.reference_stats")
+        settings["reference_stats"] = e["reference_stats"]
+    return {"loops": e.get("loops", "all"), "steps": steps, "cfg_scales": scales, "protocol": name,
+            "protocol_text": " ".join(str(protocol.get("text", "")).split()), "eval": settings}
 
 
 @dataclass(frozen=True)
