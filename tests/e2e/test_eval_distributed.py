@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from support.config import ROOT
 
 
 # 30 samples in batches of 7: five batches, so the last round leaves rank 1 without one
 SETTINGS = ["eval.samples_per_class=3", "eval.batch_size=7", "eval.grid_per_class=2", "eval.is_splits=3",
-            "eval.progress=false", "eval.sampler={steps:2}", "eval.loops=[1,2]"]
+            "eval.progress=false", "eval.sampler={steps:2}", "eval.loops=[1,2]", "eval.save_samples=true"]
 
 
 def run_eval(launcher: list[str], ckpt, out, cache) -> subprocess.CompletedProcess:
@@ -45,3 +47,9 @@ def test_two_gloo_ranks_reproduce_the_single_process_table(tiny_ckpt, eval_cache
     for grid in ("L1.png", "L2.png", "real.png", "trivial.png"):  # the gathered grid images, pixel for pixel
         assert (one / "grids" / grid).read_bytes() == (two / "grids" / grid).read_bytes(), grid
     assert sorted(p.name for p in (two / "loops").iterdir()) == ["L1.json", "L2.json", "ref_real.json", "ref_trivial.json"]
+    for L in (1, 2):  # eval.save_samples: both ranks' batches in one ADM-format file, as one process writes it
+        with np.load(one / "samples" / f"L{L}.npz") as a, np.load(two / "samples" / f"L{L}.npz") as b:
+            assert a["arr_0"].shape == (30, 8, 8, 3) and a["arr_0"].dtype == np.uint8
+            np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+            np.testing.assert_array_equal(a["labels"], b["labels"])
+    assert sorted(p.name for p in (two / "samples").iterdir()) == ["L1.npz", "L2.npz"]

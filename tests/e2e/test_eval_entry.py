@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -358,3 +359,27 @@ def test_warm_names_a_bad_override_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and err.startswith("error:") and "\n" not in err, err
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_save_samples_writes_the_rows_samples_in_adm_format_and_reruns_reuse_them(tiny_ckpt, eval_cache, tmp_path,
+                                                                                   monkeypatch):
+    """eval.save_samples=true: samples/L<L>.npz per loop count, arr_0 uint8 [N, H, W, 3] in the sweep's label
+    order (the digits are grey: three equal channels); the row, drawn once more with the files asked for, is then
+    cached with them."""
+    out = tmp_path / "eval"
+    evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1,2]", "eval.reference_rows=false"))
+    assert not (out / "samples").exists()  # off by default
+    counter = CountSamples(monkeypatch)
+    evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1,2]", "eval.reference_rows=false",
+                      "eval.save_samples=true"))
+    assert counter.loops and set(counter.loops) == {1, 2}
+    for L in (1, 2):
+        with np.load(out / "samples" / f"L{L}.npz") as z:
+            arr, labels = z["arr_0"], z["labels"]
+        assert arr.dtype == np.uint8 and arr.shape == (30, 8, 8, 3) and (arr[..., 0] == arr[..., 1]).all()
+        assert labels.tolist() == list(range(10)) * 3
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["L1.npz", "L2.npz"]  # no parts left behind
+    counter.loops.clear()
+    evaluate(eval_cfg(tiny_ckpt, out, eval_cache, "eval.loops=[1,2]", "eval.reference_rows=false",
+                      "eval.save_samples=true"))
+    assert counter.loops == []

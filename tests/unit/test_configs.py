@@ -12,7 +12,8 @@ from elt.jobs.train import validate_train
 from elt.runtime.config import ConfigError
 from support.config import CONFIGS, ROOT, compose_cfg
 from support.miniature import save_fashion_stand_ins
-from support.stand_ins import save_imagenet_stand_ins, save_magvit_stand_in
+from support.stand_ins import (save_imagenet_stand_ins, save_magvit_stand_in, save_tiny_kl, save_tiny_vq,
+                              save_video_vae_stand_in)
 
 GROUPS = ["data", "model", "scale", "ilsd", "trainer", "logger", "callbacks", "paths", "debug", "experiment", "depth"]
 
@@ -118,3 +119,43 @@ def test_make_help_lists_every_target_and_tool():
     assert len(entries) == 4 and modules
     for tool in [f"python {e}" for e in entries] + [f"python -m {m}" for m in modules]:
         assert re.search(rf"^  {re.escape(tool)}\b", out, flags=re.M), tool
+
+
+def test_each_encoder_is_one_group_choice_with_its_own_shape_defaults(tmp_path):
+    """data/tokenizer and data/autoencoder: a diffusers VQModel / AutoencoderKL, a TorchScript export or pixels,
+    each selected alone; the diffusers choices take their shapes from the weights, TorchScript's must be given."""
+    vq, kl = save_tiny_vq(tmp_path / "vq"), save_tiny_kl(tmp_path / "kl")  # downsampling 2: 128 -> 64
+    ucf = ["data=ucf101"]
+
+    def build(*overrides, node="tokenizer"):
+        cfg = compose_cfg("train", [*ucf, *overrides], tmp_path / "run")
+        return cfg, instantiate(cfg.data[node])
+
+    cfg, tok = build("data/tokenizer=diffusers_vq", f"data.tokenizer.path={vq}")
+    assert cfg.data.tokenizer.grid_shape is None and cfg.data.autoencoder.latent_shape == [4, 4, 16, 16]  # the rest stays
+    assert (tok.vocab_size, tok.grid_shape) == (32, (16, 64, 64))  # from the weights, per frame of the 16
+    _, ae = build("data/autoencoder=diffusers_kl", f"data.autoencoder.path={kl}", node="autoencoder")
+    assert ae.latent_shape == (4, 16, 64, 64)
+    magvit = save_magvit_stand_in(tmp_path / "magvit.pt")
+    _, tok = build("data/tokenizer=torchscript", f"data.tokenizer.path={magvit}", "data.tokenizer.vocab_size=1024",
+                   "data.tokenizer.grid_shape=[4,16,16]")
+    assert (tok.vocab_size, tok.grid_shape) == (1024, (4, 16, 16))
+    vae = save_video_vae_stand_in(tmp_path / "vae.pt")
+    _, ae = build("data/autoencoder=torchscript", f"data.autoencoder.path={vae}", "data.autoencoder.latent_shape=[4,4,16,16]",
+                  node="autoencoder")
+    assert ae.latent_shape == (4, 4, 16, 16)
+    _, tok = build("data/tokenizer=pixels", "data.tokenizer.levels=5")
+    assert (tok.vocab_size, tok.grid_shape) == (5, (3, 16, 128, 128))  # one token per pixel and channel
+    _, ae = build("data/autoencoder=pixels", node="autoencoder")
+    assert ae.latent_shape == (3, 16, 128, 128)
+    with pytest.raises(Exception, match="data.tokenizer.path"):  # a file-backed choice without its file
+        instantiate(compose_cfg("train", [*ucf, "data/tokenizer=diffusers_vq"], tmp_path / "run").data.tokenizer)
+    with pytest.raises(Exception, match="vocab_size"):  # TorchScript says nothing about its shapes
+        build("data/tokenizer=torchscript", f"data.tokenizer.path={magvit}")
+    # the datasets' own choices are presets of these: ImageNet's VQ and SD VAE, with the paper's shapes
+    cfg = compose_cfg("train", ["data=imagenet"], tmp_path / "run")
+    assert cfg.data.tokenizer._target_.endswith("DiffusersVQTokenizer") and cfg.data.tokenizer.grid_shape == [16, 16]
+    assert cfg.data.autoencoder.latent_shape == [4, 32, 32]
+    for group in ("tokenizer", "autoencoder"):
+        assert {"pixels", "torchscript"} <= set(options(f"data/{group}"))
+    assert {"diffusers_vq"} <= set(options("data/tokenizer")) and {"diffusers_kl"} <= set(options("data/autoencoder"))

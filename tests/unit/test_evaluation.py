@@ -243,7 +243,7 @@ def test_settings_parse_loops_and_round_num_samples():
     ("samples_per_class", 0, "eval.samples_per_class"), ("extractors", ["clip"], "eval.extractors"),
     ("reference_split", "test", "eval.reference_split"), ("precision_recall", 0, "eval.precision_recall"),
     ("gif_fps", 0, "eval.gif_fps"), ("gif_fps", 60, "eval.gif_fps"), ("gif_fps", "fast", "eval.gif_fps"),
-    ("gif_fps", True, "eval.gif_fps"),
+    ("gif_fps", True, "eval.gif_fps"), ("save_samples", "yes", "eval.save_samples must be true or false"),
 ])
 def test_bad_settings_name_the_key(key, value, match):
     with pytest.raises(ConfigError, match=match):

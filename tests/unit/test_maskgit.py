@@ -105,3 +105,19 @@ def test_context_test_masks_fixed_subsets_and_scores_the_masked_tokens():
     assert out[(1.0, 1)] == pytest.approx(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item(), rel=1e-5)
     with pytest.raises(ValueError, match="MaskGIT"):
         masked_loss(torch.nn.Linear(1, 1), batch["image"], batch["label"], (1.0,), (1,))
+
+
+def test_label_smoothing_spreads_the_task_targets_and_is_checked():
+    """MaskGIT's label smoothing: the task loss is the smoothed cross-entropy on the masked positions."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 64, 17)
+    targets = {"tokens": torch.randint(0, 17, (2, 64)), "mask": torch.rand(2, 64) < 0.5}
+    plain, smooth = tiny_maskgit(), tiny_maskgit(label_smoothing=0.1)
+    m = targets["mask"]
+    log_p = logits[m].log_softmax(-1)
+    nll = -log_p.gather(1, targets["tokens"][m][:, None]).mean()
+    expected = 0.9 * nll + 0.1 * (-log_p.mean(-1)).mean()  # (1 - e)·NLL + e·uniform cross-entropy
+    torch.testing.assert_close(plain.task_loss(logits, targets), nll)
+    torch.testing.assert_close(smooth.task_loss(logits, targets), expected)
+    with pytest.raises(ValueError, match="model.label_smoothing must be in"):
+        tiny_maskgit(label_smoothing=1.0)

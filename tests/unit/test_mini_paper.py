@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats as scipy_stats
 
 from elt.experiments import runner
 from elt.experiments.mini_paper import arms, claims, plan, report, stats, walltime
@@ -15,18 +16,43 @@ from elt.experiments.mini_paper.__main__ import main as mini_main
 RAW = "/fashion-mnist"  # never read: the plan only writes it into the commands
 
 
-def test_compare_uses_the_spread_of_the_seeds():
-    assert stats.compare([10.0, 10.5, 9.5], [20.0, 21.0, 19.0])["outcome"] == "better"
-    assert stats.compare([20.0, 21.0, 19.0], [10.0, 10.5, 9.5])["outcome"] == "worse"
-    # the same means with a wide spread: not told apart
+def test_compare_is_welchs_t_test_at_the_stated_alpha():
+    a, b = [10.0, 10.5, 9.5], [20.0, 23.0, 17.0]
+    c = stats.compare(a, b)
+    ref = scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert c["p"] == pytest.approx(ref.pvalue) and c["t"] == pytest.approx(ref.statistic)
+    assert c["outcome"] == "better" and c["alpha"] == arms.ALPHA == 0.05
+    assert stats.compare(b, a)["outcome"] == "worse"
+    # a wide spread: not told apart
     wide = stats.compare([2.0, 10.0, 18.0], [12.0, 14.0, 10.0])
-    assert wide["outcome"] == "tie" and not wide["provisional"]
-    assert wide["margin"] == pytest.approx(2 * ((64 / 3) + (4 / 3)) ** 0.5)
-    one = stats.compare([10.0], [10.4])  # one seed: 5% of the means, provisional
-    assert one["outcome"] == "tie" and one["provisional"] and one["margin"] == pytest.approx(0.51)
-    assert stats.compare([10.0], [11.0])["outcome"] == "better"
+    assert wide["outcome"] == "no difference" and wide["p"] == pytest.approx(
+        scipy_stats.ttest_ind([2.0, 10.0, 18.0], [12.0, 14.0, 10.0], equal_var=False).pvalue)
+    # 3 seeds, means 2.08 standard errors apart (p = 0.11): the old "2 standard errors" rule called this a difference
+    close = stats.compare([0.0, 1.0, 2.0], [1.7, 2.7, 3.7])
+    assert close["outcome"] == "no difference" and 0.1 < close["p"] < 0.12
+    assert stats.compare([10.0], [11.0])["outcome"] == "untested"  # one seed: no spread, no test
     with pytest.raises(ValueError):
         stats.compare([], [1.0])
+
+
+def test_equivalence_is_tost_against_the_fixed_margin():
+    a, b, margin = [80.1, 80.6, 79.9, 80.4], [80.0, 80.5, 79.7, 80.2], 1.0
+    e = stats.equivalent(a, b, margin)
+    lower = scipy_stats.ttest_ind([x + margin for x in a], b, equal_var=False, alternative="greater").pvalue
+    upper = scipy_stats.ttest_ind([x - margin for x in a], b, equal_var=False, alternative="less").pvalue
+    assert e["p"] == pytest.approx(max(lower, upper)) and e["outcome"] == "equivalent"
+    # the same means, noisier seeds: equivalence is harder to show, not easier
+    noisy = stats.equivalent([76.0, 84.6, 79.9, 81.1], [75.5, 84.5, 79.0, 81.4], margin)
+    assert noisy["outcome"] == "not shown" and noisy["p"] > e["p"]
+    assert stats.equivalent([80.0, 85.0, 75.0], [80.0, 80.1, 79.9], 0.5)["outcome"] == "not shown"
+    assert stats.equivalent([1.0], [1.0], 0.5)["outcome"] == "untested"
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        stats.equivalent(a, b, 0.0)
+
+
+def test_holm_adjusts_step_down():
+    adj = stats.holm({1: 0.01, 2: 0.04, 3: 0.03, 4: None})
+    assert adj[4] is None and [adj[k] for k in (1, 2, 3)] == pytest.approx([0.03, 0.06, 0.06])
 
 
 def seeds(m: float, spread: float = 0.2) -> list[float]:
@@ -47,8 +73,8 @@ def verdicts(arms) -> list[str]:
 
 def test_numbers_that_follow_the_paper_reproduce_every_claim():
     got = claims.claims(paper_like())
-    assert len(got) == 5 and [c["verdict"] for c in got] == ["reproduced"] * 5
-    assert not any(c["provisional"] for c in got)
+    assert len(got) == 5 and [c["verdict"].split(" (")[0] for c in got] == ["reproduced"] * 5
+    assert got[1]["verdict"].startswith("reproduced (p ") and "TOST p = " in got[2]["verdict"]
 
 
 def test_numbers_against_the_paper_do_not_reproduce():
@@ -57,19 +83,32 @@ def test_numbers_against_the_paper_do_not_reproduce():
     arms["baseline"][1] = seeds(5)
     arms["capacity"][8] = seeds(15)  # the same as 2N×4L
     v = verdicts(arms)
-    assert v[0] == "partly reproduced"  # vanilla's early exits are poor, but ILSD's are not better
-    assert v[1] == "not reproduced (vanilla better)"
-    assert v[2] == "not reproduced (baseline better)"
+    assert v[0] == "not reproduced"  # vanilla's early exits are poor, but ILSD's are not better at any L
+    assert v[1].startswith("not reproduced (vanilla better, p ")
+    assert v[2].startswith("not reproduced (baseline better, p ")
     assert v[3] == "not reproduced (no gain)"  # extra loops change nothing: neither gain nor degradation
-    assert v[4] == "not reproduced (no difference)"
+    assert v[4] == "not reproduced (no significant difference, p = 1.000)"
     arms["ilsd"][5], arms["ilsd"][6] = seeds(16), seeds(20)
     assert verdicts(arms)[3] == "partly reproduced (degradation only)"
 
 
-def test_one_seed_verdicts_are_provisional():
+def test_a_per_loop_claim_names_the_loop_counts_where_it_holds():
+    arms = paper_like()
+    arms["ilsd"][3] = seeds(30)  # at L=3 ILSD's exit is no better than vanilla's
+    assert verdicts(arms)[0] == "partly reproduced (holds at L=1, L=2)"
+
+
+def test_equivalence_with_the_baseline_needs_tost_not_a_non_significant_difference():
+    arms = paper_like()
+    arms["baseline"][1] = [7.0, 10.1, 13.2]  # the same mean as ELT's within the margin, but noisy
+    c = claims.claims(arms)[2]
+    assert c["verdict"].startswith("not reproduced (equivalence within ±0.51 not shown, TOST p = ")
+    assert "±5% of the baseline's mean" in c["test"]
+
+
+def test_one_seed_is_untested():
     arms = {a: {L: v[:1] for L, v in by.items()} for a, by in paper_like().items()}
-    got = claims.claims(arms)
-    assert all(c["provisional"] for c in got) and got[1]["verdict"] == "reproduced"
+    assert all(v.startswith("untested (1 seed") for v in verdicts(arms))
 
 
 def test_plan_quick_and_full(tmp_path):
@@ -138,7 +177,8 @@ def test_report_from_results(tmp_path):
     img.mkdir()
     path = report.report(runs, tmp_path / "out", quick=False, raw_root=RAW, img_dir=img)
     text = path.read_text()
-    assert "| ELT 2N×4L, ILSD | 4 | 14.00 ± 0.20 |" in text and text.count("**reproduced**") == 5
+    assert "| ELT 2N×4L, ILSD | 4 | 14.00 ± 0.20 |" in text and text.count("**reproduced") == 5
+    assert "Welch's two-sided t-test" in text and "not reproduced" not in text
     assert "## DiT-ELT" in text and "No finished evaluation yet." in text
     assert (img / "mini_maskgit_fd_vs_loops.png").is_file()
     # 24 trains and evals, each counted as the measured 300 + 60 s; nothing else measured

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from elt.experiments.paper import plan, rows, shapes, tables
+from elt.experiments.paper import plan, rows, run, shapes, tables
 from elt.experiments.paper.__main__ import main as paper_main
 from elt.runtime.config import ConfigError
 from elt.jobs.train import resolved_config
@@ -37,15 +37,36 @@ def test_every_row_config_is_a_paper_row_and_says_what_the_paper_says():
             assert (cfg.N, cfg.Lmax, cfg.ilsd.enabled) == (int(nxl[1]), int(nxl[2]), True), r.config
         if layers:
             assert (cfg.N, cfg.Lmax, cfg.ilsd.enabled) == (int(layers[1]), 1, False), r.config
-        if r.table != "throughput":
-            assert cfg.global_batch in (256, 512) and cfg.model.label_drop == 0.1
     maskgit = rows.compose_row("imagenet_elt_L_8Nx3L")
-    assert list(maskgit.model.optimizer.betas) == [0.9, 0.96] and maskgit.model.optimizer.weight_decay == 0.045
-    assert maskgit.trainer.max_steps == 270 * (1_281_167 // 512) and maskgit.trainer.precision == "auto"
+    assert maskgit.trainer.max_steps == 270 * (1_281_167 // 512)
     assert len(rows.eval_spec(maskgit)["cfg_scales"]) > 1  # "CFG scale swept"
     dit = rows.compose_row("imagenet_elt_dit_16Nx2L")
     assert (dit.trainer.max_steps, dit.model.sampler.steps, dit.model.sampler.cfg_scale, dit.model.prediction) == \
         (500_000, 512, 3.0, "x0")
+
+
+def test_every_paper_row_follows_its_recipe_table():
+    """recipes.yaml is the one list of the rows' training settings: every row composes to exactly its values."""
+    for r in rows.ROWS:
+        if not r.config:
+            continue
+        cfg = rows.compose_row(r.config)
+        for v in rows.recipe_of(r.table).values:
+            got = OmegaConf.select(cfg, v.key, default="<missing>")
+            got = OmegaConf.to_container(got, resolve=True) if OmegaConf.is_config(got) else got
+            assert got == v.value, f"{r.config}: {v.key} = {got!r}, recipes.yaml says {v.value!r} ({v.source})"
+    assert {t for rec in rows.RECIPES for t in rec.tables} == set(rows.TABLES)
+
+
+def test_recipe_sources_are_checked(tmp_path):
+    bad = tmp_path / "recipes.yaml"
+    bad.write_text("sources: {paper: p, ours: o}\nrecipes:\n  x:\n    tables: [t]\n    values:\n"
+                   "      model.dropout: {value: 0.1, source: ours}\n")
+    with pytest.raises(ConfigError, match="model.dropout: a deviation .* needs a why"):
+        rows.load_recipes(bad)
+    bad.write_text(bad.read_text().replace("source: ours", "source: MaskGIT"))
+    with pytest.raises(ConfigError, match="unknown source 'MaskGIT'"):
+        rows.load_recipes(bad)
 
 
 def test_the_spec_row_alias_is_the_paper_row():
@@ -105,8 +126,37 @@ def test_global_batch_sets_gradient_accumulation():
     assert apply_global_batch(compose_cfg("train", [])) is None  # no global_batch: nothing changes
 
 
+def test_imagenet_tables_evaluate_by_adm_protocol_and_stop_at_start_without_its_file(tmp_path, capsys):
+    ref = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
+    with pytest.raises(ConfigError, match=r"adm_fid50k: eval.reference_stats=.*VIRTUAL_imagenet256_labeled.npz not "
+                                          r"found; ADM's ImageNet 256 reference batch is https://openaipublic"):
+        run.tasks("imagenet_dit", tmp_path / "runs", configs=["imagenet_elt_dit_4Nx8L"], overrides=["trainer=cpu"])
+    assert paper_main(["run", "imagenet_dit", "--rows", "imagenet_elt_dit_4Nx8L", "trainer=cpu"]) == 2  # one line, before any training
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: adm_fid50k: eval.reference_stats=")
+    ref.write_bytes(b"")  # only its existence is checked here; eval.py reads and checks its arrays
+    todo = run.tasks("imagenet_dit", tmp_path / "runs", configs=["imagenet_elt_dit_4Nx8L"], overrides=["trainer=cpu"],
+                     eval_overrides=[f"eval.reference_stats={ref}"])
+    train_cmd, eval_cmd = todo[0].cmd, todo[1].cmd
+    assert "train.py" in train_cmd[1] and "eval.py" in eval_cmd[1]
+    assert {"eval.samples_per_class=50", "eval.num_samples=null"} <= set(eval_cmd)  # FID-50k: 50 per class
+    assert eval_cmd[-1] == f"eval.reference_stats={ref}"  # the user's file wins over the default path
+
+
+def test_ucf101_follows_magvit_fvd_with_stylegan_v_as_an_option(tmp_path):
+    spec = rows.eval_spec(rows.compose_row("ucf101_elt_6Nx4L"))
+    assert spec["protocol"] == "magvit_fvd" and "10,000 samples" in spec["protocol_text"]
+    (_, ev) = run.tasks("ucf101", tmp_path, configs=["ucf101_elt_6Nx4L"], overrides=["trainer=cpu"])
+    assert {"eval.num_samples=10000", "eval.reference_split=train", "eval.reference_per_class=null"} <= set(ev.cmd)
+    (_, ev) = run.tasks("ucf101", tmp_path, configs=["ucf101_elt_6Nx4L"], overrides=["trainer=cpu", "paper.eval.protocol=fvd2048_16f"])
+    assert {"eval.num_samples=2048", "eval.reference_per_class=21"} <= set(ev.cmd)
+    with pytest.raises(ConfigError, match="paper.eval.protocol='fvd' is not a protocol; choose from"):
+        rows.eval_spec(rows.compose_row("ucf101_elt_6Nx4L", ["paper.eval.protocol=fvd"]))
+
+
 def test_render_without_runs_shows_only_paper_numbers(tmp_path):
     md = tables.render_table("imagenet_dit", tmp_path / "nothing", tmp_path / "out").read_text()
+    assert "Protocol (paper scale): ADM's FID-50k" in md and "VIRTUAL_imagenet256_labeled.npz" in md
     lines = [l for l in md.splitlines() if l.startswith("| DiT") or l.startswith("| ELT")]
     assert len(lines) == 6 and all("| 3.87 | – |" in l or "| – |" in l for l in lines)
     assert not re.search(r"\| \d+(\.\d+)? \(ours\)", md)

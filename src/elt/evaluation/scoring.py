@@ -157,6 +157,10 @@ def npz_member_shape(z, name: str) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
+ADM_REFERENCE_HINT = ("ADM's ImageNet 256 reference batch is https://openaipublic.blob.core.windows.net/diffusion/"
+                      "jul-2021/ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz (fetch it on a connected machine)")
+
+
 def load_reference_npz(path, pr_k: int | None = None) -> dict:
     """Precomputed InceptionV3 reference statistics, e.g. ADM's reference batch
     (VIRTUAL_imagenet256_labeled.npz: ``mu`` [2048], ``sigma`` [2048, 2048], images in ``arr_0``),
@@ -164,9 +168,7 @@ def load_reference_npz(path, pr_k: int | None = None) -> dict:
     ``features`` [n, 2048]); ADM's files have only their moments, so it is refused for them."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"eval.reference_stats: file not found: {p}; ADM's ImageNet 256 reference batch is "
-                                "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
-                                "VIRTUAL_imagenet256_labeled.npz (fetch it on a connected machine)")
+        raise FileNotFoundError(f"eval.reference_stats: file not found: {p}; {ADM_REFERENCE_HINT}")
     try:
         z = np.load(p)
     except Exception as e:

@@ -36,6 +36,7 @@ class Settings:
     trivial_fit_items: int | None = None  # the trivial row's marginals from at most this many training items
     schedules: list = field(default_factory=list)  # loop schedules scored as rows beside the fixed-L ones
     reconstruction_row: bool = False  # the stage-one floor: floor-split images through the model's tokenizer/autoencoder
+    save_samples: bool = False  # every model row's samples as <output_dir>/samples/<key>.npz, ADM's evaluator's format
 
 
 def loops_override(spec) -> str:
@@ -103,6 +104,9 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
         raise ConfigError(f"eval.schedules must be a list of loop schedules like [linear:1-4, step:4-2], got {specs!r}")
     specs = [OmegaConf.to_container(x) if isinstance(x, ListConfig) else x for x in specs]
     schedules.check_specs(specs, "eval.schedules")
+    save_samples = e.get("save_samples", False)
+    if not isinstance(save_samples, bool):
+        raise ConfigError(f"eval.save_samples must be true or false, got {save_samples!r}")
     return Settings(
         schedules=specs,
         loops=parse_loops(e.loops, require_int(cfg, "eval.extra_loops", 0), lmax),
@@ -121,5 +125,6 @@ def read_settings(cfg: DictConfig, lmax: int, num_classes: int) -> Settings:
         progress=bool(e.get("progress", True)),
         reference_stats=reference_stats,
         reconstruction_row=bool(e.get("reconstruction_row", False)),
+        save_samples=save_samples,
         **optional,
     )

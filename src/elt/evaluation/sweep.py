@@ -26,6 +26,7 @@ from elt.evaluation import judges
 from elt.evaluation.baselines import IndependentTokens
 from elt.evaluation.plots import save_animation, save_grid
 from elt.evaluation.references import judges_and_references
+from elt.evaluation.samples import SampleParts
 from elt.evaluation.scoring import Scorer, balanced_subset, dataset_batch
 from elt.evaluation.settings import Settings
 from elt.runtime import precision
@@ -138,7 +139,8 @@ class LoopSweep:
             self.trivial_per_class = max(1, s.trivial_fit_items // model.num_classes)
         ckpt = file_fingerprint(Path(cfg.ckpt_path))
         self.common = {**common, "ckpt": ckpt, "precision": sample_precision}  # what any model row depends on but the sampler
-        self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**self.common, "sampler": sampler}))
+        saving = {"save_samples": True} if s.save_samples else {}  # a rerun that asks for the files draws the rows again
+        self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**self.common, "sampler": sampler, **saving}))
         trivial = {"trivial_per_class": self.trivial_per_class} if self.trivial_per_class else {}
         self.ref_rows = RowCache(self.out_dir / "loops", fingerprint({**common, "floor": s.floor_split, **trivial}))
 
@@ -175,7 +177,7 @@ class LoopSweep:
         return out
 
     def model_row(self, L: int) -> dict | None:
-        scored = self.sampled_scores(L, f"L{L}", f"sample+score L={L}")
+        scored = self.sampled_scores(L, f"L{L}", f"sample+score L={L}", save=self.s.save_samples)
         return scored and make_row("model", "model", len(self.labels), scored[0], loops=L, extrapolated=L > self.model.Lmax,
                                    gflops=gflops_per_sample(self.model, L, self.sampler), seconds=scored[1])
 
@@ -186,16 +188,18 @@ class LoopSweep:
 
         plan = resolve_schedule(self.model, spec, self.sampler)
         label = schedules.name(spec)
-        scored = self.sampled_scores(list(plan), schedule_key(spec), f"sample+score {label}")
+        scored = self.sampled_scores(list(plan), schedule_key(spec), f"sample+score {label}", save=self.s.save_samples)
         return scored and make_row(f"schedule {label}", "schedule", len(self.labels), scored[0],
                                    loops=round(sum(plan) / len(plan), 3), extrapolated=max(plan) > self.model.Lmax,
                                    gflops=gflops_per_sample(self.model, plan, self.sampler), seconds=scored[1])
 
     def sampled_scores(self, loops, key: str, desc: str, sampler: dict | None = None, seed: int | None = None,
-                       labels: torch.Tensor | None = None, early_exit=None, stats: list | None = None):
+                       labels: torch.Tensor | None = None, early_exit=None, stats: list | None = None,
+                       save: bool = False):
         """``score`` of the model's samples at ``loops`` (an int or a schedule): by default this
         sweep's sampler, seed and labels; pareto varies them. ``stats``, a list, receives each
-        batch's ``model.sample`` stats (loops and heads run per sample and step)."""
+        batch's ``model.sample`` stats (loops and heads run per sample and step); ``save`` keeps the
+        samples as ``samples/<key>.npz``."""
         sampler = self.sampler if sampler is None else sampler
         labels = self.labels if labels is None else labels
         seed = self.s.seed if seed is None else seed
@@ -209,7 +213,7 @@ class LoopSweep:
                 return self.model.sample(y, loops=loops, generator=g, progress=False, **extra, **sampler)
 
         batch = lambda i: sampled_batch(sample, labels, self.s.batch_size, seed, self.device, i)  # noqa: E731
-        return self.score(batch, len(labels), key, desc)
+        return self.score(batch, len(labels), key, desc, save=save)
 
     def floor_row(self, kind: str, transform=None) -> dict | None:
         """The class-balanced floor-split images, through ``transform`` if given, scored as row ``kind``."""
@@ -267,7 +271,7 @@ class LoopSweep:
         return scored and make_row("trivial (independent tokens)", "trivial", len(self.labels), scored[0], gflops=0.0,
                                    seconds=scored[1])
 
-    def score(self, batch, total: int, key: str, desc: str) -> tuple[dict, float] | None:
+    def score(self, batch, total: int, key: str, desc: str, save: bool = False) -> tuple[dict, float] | None:
         """Metrics of one source, ``batch(i) -> (samples, labels)`` for i < ⌈total/B⌉, and the
         seconds spent producing its samples (scoring excluded), on rank 0; None on the others.
 
@@ -275,12 +279,14 @@ class LoopSweep:
         outputs in batch order. The seconds are summed over the ranks: one device's sampling time,
         so ``wall_s_per_sample`` compares across world sizes (the row's wall clock shrinks with K).
         The first ``grid_per_class`` samples of each shown class go to ``grids/<key>.png`` (videos
-        as filmstrips, and animated as ``grids/<key>.gif`` and, with ffmpeg, ``.mp4``)."""
+        as filmstrips, and animated as ``grids/<key>.gif`` and, with ffmpeg, ``.mp4``). With ``save``
+        each rank also writes the batches it drew, which rank 0 assembles into ``samples/<key>.npz``."""
         s, ranks = self.s, self.ranks
         scorer = Scorer(self.extractors, self.device, keep_features=bool(s.pr_k))
         need = {c: s.grid_per_class for c in self.grid_classes}
         shown_x, shown_y, seconds = [], [], 0.0
         n_batches = math.ceil(total / s.batch_size)
+        parts = SampleParts(self.out_dir / "samples", key) if save else None
         with tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not (s.progress and ranks.main)) as bar:
             for first in range(0, n_batches, ranks.world):
                 mine = None
@@ -288,6 +294,8 @@ class LoopSweep:
                     t0 = time.perf_counter()
                     x, y = batch(first + ranks.rank)
                     dt = time.perf_counter() - t0
+                    if parts is not None:
+                        parts.write(first + ranks.rank, x, y)
                     # this batch's candidates for the grid: rank 0 keeps those still needed
                     cand = pick_for_grid(y, {c: s.grid_per_class for c in self.grid_classes})
                     mine = {"out": scorer.extract(x), "y": y.cpu(), "x_shown": x[cand].cpu(), "y_shown": y[cand].cpu(),
@@ -304,6 +312,8 @@ class LoopSweep:
                     bar.update(len(got["y"]))
         if not ranks.main:
             return None
+        if parts is not None:  # every rank wrote its parts before the last gather returned
+            log.info("%s: samples in %s", key, parts.assemble(n_batches))
         if shown_x:
             x, y, grids = torch.cat(shown_x), torch.cat(shown_y), self.out_dir / "grids"
             save_grid(x, y, grids / f"{key}.png", s.grid_per_class, self.grid_classes)

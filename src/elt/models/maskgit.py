@@ -54,16 +54,20 @@ class MaskGITELT(LoopedGenerativeModule):
         input_injection: bool = False,
         loop_embedding: bool = False,
         dropout: float = 0.0,
+        label_smoothing: float = 0.0,
         pos_init: str = "normal",
         checkpointing: bool = False,
         name: str = "maskgit_elt",
     ):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         if pos_init not in POS_INITS:
             raise ValueError(f"model.pos_init must be one of {', '.join(POS_INITS)}, got {pos_init!r}")
         super().__init__(N=N, Lmax=Lmax, num_classes=num_classes, ilsd=ilsd, optimizer=optimizer, scheduler=scheduler,
                          label_drop=label_drop)
         self.save_hyperparameters(logger=False, ignore=["tokenizer", "optimizer"])
         self.tokenizer = tokenizer
+        self.label_smoothing = float(label_smoothing)
         self.sampler_defaults = {**self.DEFAULT_SAMPLER, **dict(sampler or {})}
         vocab = tokenizer.vocab_size
         self.mask_id = vocab
@@ -146,8 +150,10 @@ class MaskGITELT(LoopedGenerativeModule):
         return inputs, {"tokens": tokens, "mask": mask}
 
     def task_loss(self, logits, targets) -> torch.Tensor:
+        """Cross-entropy on the masked positions, with MaskGIT's label smoothing (its class-conditional
+        config: 0.1); the distillation target, a full softmax, needs none."""
         m = targets["mask"]
-        return F.cross_entropy(logits[m].float(), targets["tokens"][m])
+        return F.cross_entropy(logits[m].float(), targets["tokens"][m], label_smoothing=self.label_smoothing)
 
     def distill_loss(self, student_logits, teacher_logits, targets) -> torch.Tensor:
         """Cross-entropy against the teacher's full softmax, on the masked positions."""

@@ -38,6 +38,8 @@ ARMS = {name: Arm(a["label"], int(a["N"]), int(a["Lmax"]), a.get("ilsd"), loops_
 FAMILIES = {name: Family(**f) for name, f in _data["families"].items()}
 SEEDS_FULL, SEEDS_QUICK = tuple(_data["seeds"]["full"]), tuple(_data["seeds"]["quick"])
 SAMPLES_PER_CLASS = int(_data["samples_per_class"])
+ALPHA = float(_data["alpha"])
+EQUIVALENCE_MARGIN = float(_data["equivalence_margin"])  # relative to the reference arm's mean
 # the looped ELT arm the claims read: N unique layers looped up to LMAX
 N, LMAX = ARMS["ilsd"].N, ARMS["ilsd"].Lmax
 

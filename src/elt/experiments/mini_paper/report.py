@@ -12,7 +12,8 @@ from elt.experiments.mini_paper.arms import ARMS, FAMILIES, SAMPLES_PER_CLASS, m
 from elt.experiments.mini_paper.walltime import budget_line, measured_times
 from elt.experiments.mini_paper.claims import claims
 from elt.experiments.mini_paper.plan import plan, run_dir
-from elt.experiments.mini_paper.stats import K_SE, METRIC, REL_MARGIN, fmt, fmt_ref, mean_std
+from elt.experiments.mini_paper.arms import ALPHA, EQUIVALENCE_MARGIN
+from elt.experiments.mini_paper.stats import METRIC, fmt, fmt_ref, mean_std
 
 
 def collect(runs: Path, families, seeds) -> dict:
@@ -131,8 +132,10 @@ def report(runs: Path, out: Path, quick: bool, raw_root: str, img_dir: Path | No
              f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {', '.join(FAMILIES[f].name for f in families)})", "",
              f"Metric: `{METRIC}`, the Fréchet distance in the features of a small CNN trained on Fashion-MNIST's "
              f"training split (not Inception FID), {SAMPLES_PER_CLASS * 10} samples per loop count; mean ± std over "
-             f"training seeds. Verdict rule: a difference counts when it exceeds {K_SE:g} standard errors of the "
-             f"difference of the means (one seed: {REL_MARGIN:.0%} of the means, marked provisional).", "",
+             f"training seeds. Verdicts: a difference claim holds when Welch's two-sided t-test over the seeds gives "
+             f"p < {ALPHA:g} in the claimed direction; an equivalence claim when two one-sided Welch tests (TOST) reject "
+             f"a difference beyond ±{EQUIVALENCE_MARGIN:.0%} of the reference arm's mean at {ALPHA:g}; a claim made at "
+             "several loop counts names those where it holds (Holm-corrected). One seed a side: untested.", "",
              *stage_one_lines(), *judge_line(repo_root() / "data" / "cache"), ""]
     for fam in families:
         arms, refs = data[fam]["arms"], data[fam]["refs"]
@@ -149,8 +152,7 @@ def report(runs: Path, out: Path, quick: bool, raw_root: str, img_dir: Path | No
         img = figure(arms, f"{name} on Fashion-MNIST", out / f"mini_{'quick_' if quick else ''}{fam}_fd_vs_loops.png")
         if img_dir is not None:
             shutil.copyfile(img, Path(img_dir) / img.name)
-        verdicts = [[c["claim"], c["paper"], c["ours"], c["test"],
-                     f"**{c['verdict']}{' (provisional: 1 seed)' if c['provisional'] else ''}**"] for c in claims(arms)]
+        verdicts = [[c["claim"], c["paper"], c["ours"], c["test"], f"**{c['verdict']}**"] for c in claims(arms)]
         lines += [f"![{name}: FD vs loops]({img.name})", "",
                   grid_table(["claim", "paper's evidence", "ours", "test", "verdict"], verdicts), ""]
     if timings:

@@ -9,6 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 from elt.runtime.config import ConfigError, compose
 
 ROWS_FILE = Path(__file__).with_name("rows.yaml")
+RECIPES_FILE = Path(__file__).with_name("recipes.yaml")
+PROTOCOLS_FILE = Path(__file__).with_name("protocols.yaml")
+PROTOCOLS = OmegaConf.to_container(OmegaConf.load(PROTOCOLS_FILE))
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,73 @@ def compose_row(config: str, overrides=()) -> DictConfig:
 
 
 def eval_spec(cfg: DictConfig) -> dict:
-    """The row's evaluation: loop counts, sampler steps, guidance scales, sample count."""
+    """The row's evaluation: loop counts, sampler steps, guidance scales, and its published protocol
+    (``protocols.yaml``: the header's text and the eval.py settings, ``reference_stats`` included)."""
     e = OmegaConf.to_container(cfg.get("paper", {}).get("eval", {}) or {}, resolve=True)
     steps = int(e.get("steps") or cfg.model.sampler.steps)
     scales = [float(s) for s in e.get("cfg_scales") or [cfg.model.sampler.cfg_scale]]
-    return {"loops": e.get("loops", "all"), "steps": steps, "cfg_scales": scales, "num_samples": e.get("num_samples")}
+    name = e.get("protocol")
+    if name is not None and name not in PROTOCOLS:
+        raise ConfigError(f"paper.eval.protocol={name!r} is not a protocol; choose from {', '.join(PROTOCOLS)}")
+    protocol = PROTOCOLS.get(name, {})
+    settings = dict(protocol.get("eval", {}))
+    if protocol.get("reference_stats"):
+        if not e.get("reference_stats"):
+            raise ConfigError(f"paper.eval.protocol={name} reads precomputed statistics: set paper.eval.reference_stats")
+        settings["reference_stats"] = e["reference_stats"]
+    return {"loops": e.get("loops", "all"), "steps": steps, "cfg_scales": scales, "protocol": name,
+            "protocol_text": " ".join(str(protocol.get("text", "")).split()), "eval": settings}
+
+
+@dataclass(frozen=True)
+class RecipeValue:
+    """One training setting of a recipe: the config key, its value, where the value comes from
+    (``paper``, a reference named in ``recipes.yaml``'s sources, or ``ours``), why, and for ours what
+    the reference does instead."""
+
+    key: str
+    value: object
+    source: str
+    why: str = ""
+    reference: str = ""
+
+    @property
+    def deviation(self) -> bool:
+        return self.source == "ours" or bool(self.reference)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    tables: tuple[str, ...]
+    values: tuple[RecipeValue, ...]
+
+
+def load_recipes(path: Path = RECIPES_FILE) -> tuple[dict[str, str], list[Recipe]]:
+    """({source name: what it refers to}, the recipes), checked: known sources, a reason for each of ours."""
+    data = OmegaConf.to_container(OmegaConf.load(path))
+    sources = {k: str(v) for k, v in data["sources"].items()}
+    recipes = []
+    for name, r in data["recipes"].items():
+        values = []
+        for key, v in r["values"].items():
+            rv = RecipeValue(key, v["value"], str(v["source"]), " ".join(str(v.get("why", "")).split()),
+                             " ".join(str(v.get("reference", "")).split()))
+            if rv.source not in sources:
+                raise ConfigError(f"{path.name}: {name}.{key}: unknown source {rv.source!r}; sources: {', '.join(sources)}")
+            if rv.deviation and not rv.why:
+                raise ConfigError(f"{path.name}: {name}.{key}: a deviation (source ours, or a reference) needs a why")
+            values.append(rv)
+        recipes.append(Recipe(name, tuple(r["tables"]), tuple(values)))
+    return sources, recipes
+
+
+SOURCES, RECIPES = load_recipes()
+
+
+def recipe_of(table: str) -> Recipe:
+    """The recipe the rows of ``table`` follow."""
+    found = [r for r in RECIPES if table in r.tables]
+    if len(found) != 1:
+        raise ConfigError(f"{RECIPES_FILE.name}: table {table!r} is in {len(found)} recipes, expected exactly one")
+    return found[0]

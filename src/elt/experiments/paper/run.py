@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from elt import repo_root
+from elt.evaluation.scoring import ADM_REFERENCE_HINT
 from elt.evaluation.settings import loops_override
 from elt.experiments.paper.rows import PaperRow, compose_row, eval_spec, rows_of
 from elt.experiments.paper.tables import render_table
@@ -31,15 +32,28 @@ def cfg_dir_name(scale: float) -> str:
     return f"cfg{scale:g}"
 
 
+def protocol_overrides(spec: dict, eval_overrides=(), check_files: bool = True) -> list[str]:
+    """The eval.py settings of the row's published protocol; a reference file it needs must exist
+    (``--eval-override eval.reference_stats=...`` wins), checked before anything trains."""
+    settings = dict(spec["eval"])
+    given = [o.split("=", 1)[1] for o in eval_overrides if o.split("=", 1)[0].lstrip("+") == "eval.reference_stats"]
+    ref = given[-1] if given else settings.get("reference_stats")
+    if check_files and ref not in (None, "", "null") and not Path(str(ref)).expanduser().is_file():
+        raise ConfigError(f"{spec['protocol']}: eval.reference_stats={ref} not found; {ADM_REFERENCE_HINT}, "
+                          "or pass --eval-override eval.reference_stats=<file>")
+    return [f"eval.{k}={'null' if v is None else v}" for k, v in settings.items()]
+
+
 def ordered(rows: list[PaperRow], cfgs: dict) -> list[PaperRow]:
     """Trained rows first, evaluation-time rows (paper.train_row) after the run they read."""
     return sorted(rows, key=lambda r: OmegaConf.select(cfgs[r.config], "paper.train_row") is not None)
 
 
 def tasks(table: str, runs: Path, scale: str = "paper", configs: list[str] | None = None, overrides=(),
-          eval_overrides=()) -> list[Task]:
+          eval_overrides=(), check_files: bool = True) -> list[Task]:
     """The train.py / eval.py commands of a table, in order, each after the one before (a failure stops
-    the rest); each resumes what it finds done."""
+    the rest); each resumes what it finds done. At paper scale every evaluation follows its row's published
+    protocol (``paper.eval.protocol``), whose reference file must exist unless ``check_files`` is off."""
     if scale not in ("paper", "smoke"):
         raise ConfigError(f"--scale must be paper or smoke, got {scale!r}")
     root, py = repo_root(), sys.executable
@@ -61,6 +75,7 @@ def tasks(table: str, runs: Path, scale: str = "paper", configs: list[str] | Non
                                       "ckpt_path=last", *train_over,
                                       *([f"++trainer.accumulate_grad_batches={k}"] if k else [])])
         spec = eval_spec(cfg)
+        protocol = protocol_overrides(spec, eval_overrides, check_files) if scale == "paper" else []
         steps = min(spec["steps"], SMOKE_SAMPLER_STEPS) if scale == "smoke" else spec["steps"]
         loops = loops_override(spec["loops"])
         for s in spec["cfg_scales"][:1] if scale == "smoke" else spec["cfg_scales"]:  # smoke: the first scale
@@ -68,14 +83,14 @@ def tasks(table: str, runs: Path, scale: str = "paper", configs: list[str] | Non
                 py, str(root / "eval.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
                 f"hydra.run.dir={runs / r.config / 'eval' / cfg_dir_name(s)}", f"eval.loops={loops}",
                 f"eval.sampler={{steps:{steps},cfg_scale:{s:g}}}",
-                *([f"eval.num_samples={spec['num_samples']}"] if spec["num_samples"] and scale == "paper" else []),
+                *protocol,
                 *(SMOKE_EVAL if scale == "smoke" else []), *eval_overrides])
     return out
 
 
 def run_table(table: str, runs: Path, out: Path, scale: str = "paper", configs=None, overrides=(), eval_overrides=(),
               dry_run: bool = False) -> Path | None:
-    todo = tasks(table, Path(runs), scale, configs, overrides, eval_overrides)
+    todo = tasks(table, Path(runs), scale, configs, overrides, eval_overrides, check_files=not dry_run)
     if dry_run:
         for t in todo:
             print("+ " + " ".join(t.cmd[1:]), flush=True)

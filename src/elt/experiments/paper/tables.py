@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from elt.evaluation.plots import finite, save_figure
 from elt.evaluation.tables import grid_table
-from elt.experiments.paper.rows import rows_of
+from elt.experiments.paper.rows import compose_row, eval_spec, rows_of
 from elt.experiments.paper.shapes import build_on_meta, param_counts
 from elt.experiments.results import read_results
 from elt.runtime.files import write_text_atomic
@@ -62,8 +62,9 @@ def measured(row, runs: Path) -> dict | None:
     key = our_key([r for _, r in found], base)
     res, best = min(found, key=lambda f: f[1].get(key) if finite(f[1].get(key)) else math.inf)
     hp = res["meta"]["hparams"]
+    reference = next((h.strip() for h in res["meta"].get("header", []) if h.startswith("Reference statistics")), None)
     return {"row": best, "key": key, "is_key": our_key([best], "is"), "hparams": hp, "dir": res["dir"],
-            "params": run_params(hp.get("ckpt_path"))}
+            "params": run_params(hp.get("ckpt_path")), "reference": reference}
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -173,10 +174,22 @@ def table_figures(table: str, rows, ours, out: Path) -> dict[str, Path]:
     return figures
 
 
+def protocol_lines(table: str, rows, ours) -> list[str]:
+    """The header's account of the evaluation: the published protocol the table's rows follow at paper scale
+    (``paper.eval.protocol``), and the reference statistics each finished evaluation actually used."""
+    first = next((r.config for r in rows if r.config), None)
+    text = eval_spec(compose_row(first))["protocol_text"] if first else ""
+    lines = [f"Protocol (paper scale): {text}." if text else "Protocol: none named by the rows' configs."]
+    used = sorted({o["reference"] for o in ours if o and o.get("reference")})
+    lines += [f"Measured: {u}" for u in used] or ["Measured: nothing finished yet."]
+    return lines
+
+
 def render_table(table: str, runs: Path, out: Path) -> Path:
     rows, ours = table_rows(table, Path(runs))
     out = Path(out)
-    md = (f"# {table}: the paper's rows beside ours\n\nRuns: `{runs}`.\n\n" + table_markdown(table, rows, ours)
+    head = "".join(f"{line}  \n" for line in protocol_lines(table, rows, ours))
+    md = (f"# {table}: the paper's rows beside ours\n\nRuns: `{runs}`.  \n{head}\n" + table_markdown(table, rows, ours)
           + f"\n![vs GFLOPs]({table}_vs_gflops.png)\n![vs parameters]({table}_vs_params.png)\n")
     table_figures(table, rows, ours, out)
     write_text_atomic(out / f"{table}.md", md)
