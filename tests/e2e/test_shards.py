@@ -124,11 +124,12 @@ def test_videos_to_kl_latents_to_dit_to_eval(tmp_path, train_cfg, monkeypatch):
     result = prepare(prepare_cfg(tmp_path, data, "prepare.shard_size=2"))
     s = result["train"]["settings"]
     assert (s["kind"], s["dtype"], s["shape"], s["encoder"]) == ("latent", "float16", [4, 4, 8, 8], "DiffusersAutoencoderKL")
+    assert s["field"] == "moments.npy" and s["stored_shape"] == [2, 4, 4, 8, 8]  # the posterior: mean, log-variance
     assert s["preprocessing"]["crop"] == "resize_center_crop" and s["preprocessing"]["frames"] == 4
     assert s["preprocessing"]["split"] == "all" and result["train"]["num_samples"] == 4  # every video (MAGVIT protocol)
     assert result["val"]["num_samples"] == 2  # fold 1's test list
     latents = samples_of(tmp_path / "shards" / "train")
-    assert all(v.dtype == np.float16 and v.shape == (4, 4, 8, 8) for v, _ in latents.values())
+    assert all(v.dtype == np.float16 and v.shape == (2, 4, 4, 8, 8) for v, _ in latents.values())
     cfg = train_cfg(*data, "data.batch_size=2", "N=1", "Lmax=2", "model.patch_size=2", "model.ema_decay=null")
     out = train(cfg)
     assert out["ckpt_path"]
@@ -150,14 +151,17 @@ def test_images_to_kl_latents_to_dit_to_eval_with_the_raw_data_moved(imagenet, t
     assert s["preprocessing"]["crop"] == "adm_center_crop" and result["train"]["num_samples"] == 12
     ae = instantiate(compose_cfg("prepare", data).data.autoencoder)
     raw, stored = ImageNetRaw(imagenet, "train", resolution=16), samples_of(tmp_path / "shards" / "train")
-    latent, label = stored[raw.keys[3]]
+    moments, label = stored[raw.keys[3]]
     assert label == raw.labels[3]
     ae.net.net.eval()
-    with torch.no_grad():  # the stored latent is a posterior sample: within a few posterior std of the mean
+    with torch.no_grad():  # the stored posterior, in latent units: mean x scale, log-variance + 2 log(scale)
         posterior = ae.net.net.encode(raw[3]["image"][None] * 2 - 1).latent_dist
     mean, std = (posterior.mean[0] * ae.scale).numpy(), (posterior.std[0] * ae.scale).numpy()
-    assert latent.shape == mean.shape and np.all(np.abs(latent - mean) <= 6 * std + 1e-2)
-    assert not np.allclose(latent, stored[raw.keys[0]][0])  # another image, another latent
+    assert moments.shape == (2, *mean.shape)
+    np.testing.assert_allclose(moments[0], mean, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(np.exp(0.5 * moments[1].astype(np.float32)), std, rtol=5e-3, atol=1e-5)
+    other = next(k for k, y in zip(raw.keys, raw.labels) if y != raw.labels[3])
+    assert not np.allclose(moments, stored[other][0])  # another class's image, another posterior
     moved = [a for a in data if not a.startswith("data.raw_root=")]  # train from shards alone
     out = train(train_cfg(*moved, "data.batch_size=4", "N=1", "Lmax=2", "model.patch_size=2", "model.ema_decay=null"))
     assert out["ckpt_path"] and np.isfinite(out["metrics"]["train/loss"])
