@@ -145,7 +145,8 @@ class ShardWriter:
         entry = {"name": name, "samples": self.count, **self.notes, "bytes": final.stat().st_size,
                  "sha256": file_fingerprint(final), "fingerprint": self.settings["fingerprint"],
                  "settings_hash": self.want}
-        write_text_atomic(sidecar_path(self.dir, name), json.dumps(entry, indent=1))
+        with naming(sidecar_path(self.dir, name)):
+            write_text_atomic(sidecar_path(self.dir, name), json.dumps(entry, indent=1))
         self.pending = [(n, items) for n, items in self.pending if n != name]
         self.current, self.closed = None, self.closed + 1
         fault_point("between_shards" if self.pending else "after_last_shard", self.rank)
@@ -171,4 +172,5 @@ def merge_index(split_dir: Path, settings: dict, report: dict | None = None) -> 
 
 
 def write_index(split_dir: Path, index: dict) -> None:
-    write_text_atomic(Path(split_dir) / INDEX, json.dumps(index, indent=1))
+    with naming(Path(split_dir) / INDEX):
+        write_text_atomic(Path(split_dir) / INDEX, json.dumps(index, indent=1))
