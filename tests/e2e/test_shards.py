@@ -480,3 +480,21 @@ def test_the_three_entry_points_from_the_command_line(tmp_path):
               "eval.extractors=[i3d]", f"eval.weights.i3d={weights}", "eval.loops=[2]", "eval.samples_per_class=1",
               "eval.is_splits=1", "eval.sampler={steps:2}", "eval.progress=false", f"paths.cache_dir={tmp_path / 'cache'}")
     assert "fvd" in out.lower() and (run / "eval" / "loops" / "L2.json").is_file()
+
+
+def test_dit_on_posterior_shards_with_random_flips_resumes_mid_epoch_bit_exactly(imagenet, tmp_path, train_cfg):
+    """Per-step posterior samples and flips come from the (seed, rank, batch counter) generator: a run
+    resumed at step 3 ends where the uninterrupted one ends."""
+    kl = save_tiny_kl(tmp_path / "kl")
+    data = image_data(imagenet, tmp_path / "shards", "model=dit_elt", "data.resolution=16", "data.flip=random",
+                      "data.autoencoder._target_=elt.encoders.pretrained.DiffusersAutoencoderKL",
+                      f"data.autoencoder.path={kl}", "data.autoencoder.latent_shape=[4,8,8]")
+    index = prepare(prepare_cfg(tmp_path, data, "prepare.splits=[train]"))["train"]
+    assert index["settings"]["flips"] and index["settings"]["field"] == "moments.npy"
+    common = [*data, "data.batch_size=2", "N=1", "Lmax=2", "model.patch_size=2", "model.ema_decay=null",
+              "trainer.max_steps=5", "logger=csv", "callbacks.model_checkpoint.every_n_train_steps=3",
+              "trainer.limit_val_batches=0"]
+    reference = train(in_dir(train_cfg(*common), tmp_path / "a"))
+    step3 = tmp_path / "a" / "checkpoints" / "step000003.ckpt"
+    resumed = train(in_dir(train_cfg(*common, f"ckpt_path={step3}"), tmp_path / "b"))
+    assert_same_weights(weights(reference["ckpt_path"]), weights(resumed["ckpt_path"]))
