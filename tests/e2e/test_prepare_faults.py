@@ -287,3 +287,17 @@ def test_sigkill_at_every_stage_on_one_and_two_ranks(imagenet, tmp_path, ranks, 
     again = run_prepare(tmp_path / "r", imagenet, tmp_path / "shards", rerun_ranks)
     assert again.returncode == 0, again.stderr[-3000:]
     same_shards(tmp_path / "whole", tmp_path / "shards")
+
+
+def test_unreadable_images_skipped_by_prepare_are_counted_in_the_index_and_the_last_line(imagenet, tmp_path, caplog):
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(imagenet, raw)
+    bad = sorted((raw / "train").rglob("*.JPEG"))[5]
+    bad.write_bytes(b"not a jpeg")
+    with caplog.at_level(logging.INFO):
+        index = prepare(cfg_of(tmp_path, raw, tmp_path / "shards", "prepare.splits=[train]", "data.skip_bad=true"))["train"]
+    assert index["complete"] and index["num_samples"] == 11 and index["skipped"] == 1
+    assert [s["samples"] for s in index["shards"]] == [4, 3, 4]
+    assert "train: 11 samples in 3 shards" in caplog.text and "1 unreadable item(s) skipped" in caplog.text
