@@ -301,3 +301,17 @@ def test_unreadable_images_skipped_by_prepare_are_counted_in_the_index_and_the_l
     assert index["complete"] and index["num_samples"] == 11 and index["skipped"] == 1
     assert [s["samples"] for s in index["shards"]] == [4, 3, 4]
     assert "train: 11 samples in 3 shards" in caplog.text and "1 unreadable item(s) skipped" in caplog.text
+
+
+@pytest.mark.slow  # prepare.py on 2 ranks as processes
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGUSR1", 138)])
+def test_a_stop_signal_on_two_ranks_stops_at_a_shard_boundary_and_the_command_resumes(imagenet, tmp_path, sig, code):
+    whole = run_prepare(tmp_path / "w", imagenet, tmp_path / "whole", 1)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    stopped = run_prepare(tmp_path / "k", imagenet, tmp_path / "shards", 2, f"between_shards@0:{sig}")
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    assert f"{sig}: prepare stopped at a shard boundary on rank 0" in stopped.stderr
+    assert (tmp_path / "shards" / "train" / "shard-00000.json").is_file()  # rank 0's first shard, recorded
+    again = run_prepare(tmp_path / "r", imagenet, tmp_path / "shards", 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    same_shards(tmp_path / "whole", tmp_path / "shards")

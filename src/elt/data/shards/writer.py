@@ -26,8 +26,9 @@ class FaultInjected(BaseException):
 
 
 def fault_point(stage: str, rank: int = 0) -> None:
-    """Fault injection for tests: ``ELT_PREPARE_FAULT=<stage>[@<rank>][:raise]`` kills this process
-    with SIGKILL (or raises FaultInjected) when it reaches ``stage`` (one of STAGES)."""
+    """Fault injection for tests: ``ELT_PREPARE_FAULT=<stage>[@<rank>][:<how>]`` kills this process
+    with SIGKILL when it reaches ``stage`` (one of STAGES); ``how``: ``raise`` raises FaultInjected,
+    a signal name (SIGTERM, SIGUSR1) sends that signal instead, as a scheduler would."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -37,7 +38,7 @@ def fault_point(stage: str, rank: int = 0) -> None:
         return
     if how == "raise":
         raise FaultInjected(f"{FAULT_ENV}: {stage} on rank {rank}")
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, how) if how else signal.SIGKILL)
 
 
 @contextmanager
