@@ -1,7 +1,7 @@
 """Encode a raw dataset once into webdataset shards that train.py streams.
 
 Example: python prepare.py data=imagenet model=maskgit_elt data.raw_root=<ILSVRC dir> data.root=<shard dir>
-On several GPUs: add trainer=ddp trainer.devices=8 (each rank writes its own shards; rerun to resume)."""
+On several GPUs: add trainer=ddp trainer.devices=8 (shard n is written by rank n % R; rerun the same command, on any number of ranks, to resume)."""
 import hydra
 from omegaconf import DictConfig
 

@@ -32,9 +32,9 @@ from ilsd_overhead import table_lines, write_results  # noqa: E402
 from support.miniature import make_imagenet  # noqa: E402
 
 from elt.data.raw.images import ImageNetRaw  # noqa: E402
-from elt.data.shards.format import encoder_fingerprint, plan_rank, stored_format  # noqa: E402
+from elt.data.shards.format import FORMAT, encoder_fingerprint, plan_shards, stored_format  # noqa: E402
 from elt.data.shards.reader import ShardStream  # noqa: E402
-from elt.data.shards.writer import RankShardWriter, merge_records  # noqa: E402
+from elt.data.shards.writer import ShardWriter, merge_index  # noqa: E402
 from elt.encoders.pretrained import DiffusersVQTokenizer  # noqa: E402
 
 
@@ -53,14 +53,14 @@ def write_shards(raw: ImageNetRaw, tok, split_dir: Path, shard_size: int) -> dic
     """What prepare.py writes (one rank), built from the same parts."""
     split_dir.mkdir(parents=True)
     fmt = stored_format(tok)
-    writer = RankShardWriter(split_dir, 0, plan_rank(len(raw), 1, 0, shard_size), fmt)
+    settings = {"format": FORMAT, **fmt, "fingerprint": encoder_fingerprint(tok), "num_items": len(raw),
+                "shard_size": shard_size}
+    writer = ShardWriter(split_dir, 0, 1, plan_shards(len(raw), shard_size), fmt, settings)
     for i in range(len(raw)):
         item = raw[i]
-        writer.add(i, item["key"], tok.encode(item["image"][None])[0].numpy(), item["label"])
+        writer.add(i, item["key"], {"": tok.encode(item["image"][None])[0].numpy()}, item["label"])
         writer.seen(i)
-    settings = {**fmt, "fingerprint": encoder_fingerprint(tok), "world_size": 1, "num_items": len(raw),
-                "shard_size": shard_size}
-    return merge_records(split_dir, settings)
+    return merge_index(split_dir, settings)
 
 
 def on_the_fly(raw: ImageNetRaw, tok, batch: int, workers: int, epochs: int) -> tuple[int, float]:

@@ -230,8 +230,25 @@ class DiffusersAutoencoderKL(Autoencoder):
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint({"net": self.net.fingerprint, "normalize": self.normalize, "sample": self.sample,
-                            "scale": self.scale, "shift": self.shift})
+        """Not ``sample``: shards store the posterior itself, and training reads ``sample`` to draw
+        from it or take its mean."""
+        return fingerprint({"net": self.net.fingerprint, "normalize": self.normalize, "scale": self.scale,
+                            "shift": self.shift})
+
+    def posterior(self, images: torch.Tensor) -> torch.Tensor:
+        """The posterior in latent units, ``[B, 2, *latent_shape]``: (mean − shift) × scale and the
+        log-variance + 2·log(scale), so mean + exp(logvar / 2)·ε is a latent ``encode`` could give."""
+        self.net.check_input(images, self.image_shape, "encode")
+        vae = self.net.net
+        log_scale = 2 * torch.log(torch.tensor(abs(self.scale), dtype=torch.float64)).item()
+
+        def moments(x):
+            x = x.float()
+            dist = vae.encode(x * 2 - 1 if self.normalize else x).latent_dist
+            return torch.stack([(dist.mean - self.shift) * self.scale, dist.logvar + log_scale], dim=1)
+
+        m = self.net.map(moments, to_frames(images, self.video))  # [B·T, 2, C, h, w]
+        return torch.stack([from_frames(m[:, k], len(images), self.video) for k in (0, 1)], dim=1)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         self.net.check_input(images, self.image_shape, "encode")

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-FLIPS = ("none", "both")
+FLIPS = ("none", "both", "random")
 FLIP_SUFFIX = "_flip"
 
 
@@ -83,8 +83,11 @@ def _identity(x):
 
 class RawDataset(Dataset):
     """What the readers share: the item index over ``sources`` (two items per source with
-    ``flip="both"``: the original, then its horizontal flip keyed ``<key>_flip``), error naming,
-    and ``iter_items()``. A subclass supplies ``load(source) -> Tensor``."""
+    ``flip="both"``: the original, then its horizontal flip keyed ``<key>_flip``; with
+    ``flip="random"`` one item carrying both, ``image`` and ``image_flip``, which prepare stores in
+    one sample so training picks one per step), error naming, and ``iter_items()``. A subclass
+    supplies ``load(source) -> Tensor`` and may note ``self.notes["padded"] = True`` there (the
+    item then says so, and prepare counts it)."""
 
     name = "raw"
 
@@ -104,6 +107,7 @@ class RawDataset(Dataset):
         self.labels = [s.label for s in sources for _ in suffixes]
         self.keys = [s.key + x for s in sources for x in suffixes]
         self.skipped = 0
+        self.notes: dict = {}
 
     def load(self, source: Source) -> torch.Tensor:
         raise NotImplementedError
@@ -113,16 +117,19 @@ class RawDataset(Dataset):
 
     def decode(self, j: int) -> torch.Tensor:
         source = self.sources[j]
+        self.notes = {}
         try:
             return self.load(source)
         except Exception as e:
             raise ValueError(f"{self.name}: cannot read {source.path}: {type(e).__name__}: {e}") from e
 
     def items_of(self, j: int, x: torch.Tensor) -> list[dict]:
-        s = self.sources[j]
-        out = [{"image": x, "label": s.label, "key": s.key}]
+        s, notes = self.sources[j], dict(self.notes)
+        out = [{"image": x, "label": s.label, "key": s.key, **notes}]
+        if self.flip == "random":
+            out[0]["image_flip"] = x.flip(-1)
         if self.copies == 2:
-            out.append({"image": x.flip(-1), "label": s.label, "key": s.key + FLIP_SUFFIX})
+            out.append({"image": x.flip(-1), "label": s.label, "key": s.key + FLIP_SUFFIX, **notes})
         return out
 
     def __getitem__(self, i: int) -> dict:

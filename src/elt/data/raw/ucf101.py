@@ -47,8 +47,10 @@ class UCF101Raw(RawDataset):
     ``fold``'s lists. A clip is ``frames`` frames ``stride`` apart, taken from the video's centre,
     its start, or (``clip="all"``) every non-overlapping clip of the video (this opens each
     container's header once to count frames). A video shorter than the clip's span is padded by
-    repeating its last frame, so every video keeps its item. Frames: PyAV decode, shorter side
-    to ``resolution`` (bilinear, antialiased), centre crop."""
+    repeating its last frame, so every video keeps its item (logged, and counted by prepare). Videos
+    named in the fold's lists but missing on disk are left out, logged and listed in ``.missing``
+    (prepare records their number in the index). Frames: PyAV decode, shorter side to
+    ``resolution`` (bilinear, antialiased), centre crop."""
 
     name = "UCF-101"
     crop = "resize_center_crop"
@@ -81,8 +83,17 @@ class UCF101Raw(RawDataset):
                 if not (videos / c).is_dir():
                     raise FileNotFoundError(f"UCF-101: class folder {videos / c} (from classInd.txt) not found")
                 pairs += [(str(videos / c / f), i) for f in sorted(os.listdir(videos / c)) if f.lower().endswith(".avi")]
+            listed = [p for name in ("train", "test") if (lists / f"{name}list{fold:02d}.txt").is_file()
+                      for p, _ in self.read_split_list(lists / f"{name}list{fold:02d}.txt", videos, index)]
         else:
-            pairs = self.read_split_list(lists / f"{split}list{fold:02d}.txt", videos, index)
+            pairs = listed = self.read_split_list(lists / f"{split}list{fold:02d}.txt", videos, index)
+            listed = [p for p, _ in listed]
+        self.missing = [p for p in listed if not os.path.isfile(p)]
+        if self.missing:  # counted, and recorded in the shard index by prepare
+            log.warning("UCF-101: %d video(s) named in %s's fold-%d lists are missing under %s (first: %s); left out",
+                        len(self.missing), lists, fold, videos, self.missing[0])
+            gone = set(self.missing)
+            pairs = [(p, y) for p, y in pairs if p not in gone]
         if not pairs:
             raise FileNotFoundError(f"UCF-101: no .avi videos found for split={split} under {videos}")
         sources = []
@@ -142,8 +153,9 @@ class UCF101Raw(RawDataset):
         if frame is None or t < start:
             raise ValueError(f"no decodable frames at or after frame {start} (decoded {t + 1})")
         if t < wanted[-1]:  # short video: its last frame stands in for the frames past the end
-            log.debug("UCF-101: %s has %d frames, fewer than a clip of %d frames at stride %d: last frame repeated",
-                      source.path, t + 1, self.frames, self.stride)
+            log.info("UCF-101: %s has %d frames, fewer than a clip of %d frames at stride %d: last frame repeated",
+                     source.path, t + 1, self.frames, self.stride)
+            self.notes["padded"] = True
             got[t] = frame.to_ndarray(format="rgb24")
         x = torch.from_numpy(np.stack([got[min(i, t)] for i in wanted])).permute(0, 3, 1, 2).float().div_(255)
         return resize_center_crop(x, self.resolution).permute(1, 0, 2, 3).contiguous()  # [3, T, R, R]

@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from elt.data.sampler import ResumablePosition
-from elt.data.shards.format import INDEX, encoder_fingerprint, read_index, stored_format
-from elt.data.shards.reader import EpochLoader, ShardStream
+from elt.data.shards.format import FORMAT, INDEX, encoder_fingerprint, read_index, stored_format, verify_index
+from elt.data.shards.reader import EpochLoader, ShardStream, epoch_batches
 from elt.runtime.config import ConfigError
+from elt.runtime.resume import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,13 @@ def prepare_hint(name: str, root: Path) -> str:
 class ShardDataModule(ResumablePosition, L.LightningDataModule):
     """Training and validation from the shards prepare.py wrote (the stream of ``reader``); real
     images for evaluation (``train_dataset`` / ``val_dataset``) from the raw reader of ``raw`` when
-    ``raw_root`` is set, decoded only as items are read."""
+    ``raw_root`` is set, decoded only as items are read.
+
+    Per-step augmentation of stored encodings happens in ``on_after_batch_transfer`` with a generator
+    seeded by (run seed, rank, batch counter), so a resumed run draws what the uninterrupted one
+    would: with ``data.flip=random`` (shards holding both encodings) each sample's original or mirror;
+    with a stored AutoencoderKL posterior a fresh latent, or its mean where the model's autoencoder
+    has ``sample=false``. Validation reads originals and means."""
 
     def __init__(self, root: str, batch_size: int, name: str, num_classes: int, image_shape, num_workers: int = 0,
                  raw: dict | None = None, raw_root: str | None = None, shuffle_buffer: int = 1000,
@@ -41,6 +48,8 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
         self.raw, self.raw_root = dict(raw or {}), raw_root
         self.shuffle_buffer, self.skip_bad, self.max_bad_fraction = int(shuffle_buffer), bool(skip_bad), float(max_bad_fraction)
         self.splits = {"train": train_split, "val": val_split}
+        self.flip = str((self.raw.get(train_split) or {}).get("flip", "none"))  # data.flip, through data.raw
+        self.posterior_sample = True  # the model's autoencoder.sample, read in check_model
         self.index: dict[str, dict | None] = {}
         self._raw_cache: dict[str, object] = {}
         self.skipped = 0
@@ -60,6 +69,14 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
         if not index.get("complete"):
             raise FileNotFoundError(f"{self.name}: {d} is only partly written ({len(index.get('shards', []))} shards); "
                                     f"rerun prepare.py with the same settings to finish it")
+        if index["settings"].get("format") != FORMAT:
+            raise ConfigError(f"{self.name}: {d} was written by another prepare.py (shard format "
+                              f"{index['settings'].get('format')}, this one reads {FORMAT}); {prepare_hint(self.name, self.root)} "
+                              f"into a new data.root")
+        verify_index(d, index, self.skip_bad)
+        if stage == "train" and self.flip == "random" and not index["settings"].get("flips"):
+            raise ConfigError(f"data.flip=random needs shards that hold each image's mirror too, and {d} holds none; "
+                              f"prepare them with data.flip=random into a new data.root")
         return index
 
     def setup(self, stage: str | None = None):
@@ -88,19 +105,17 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
                                   f"were prepared with (data.tokenizer / data.autoencoder)")
             if list(s["shape"]) != want["shape"]:
                 raise ConfigError(f"{self.split_dir(stage)}: samples are {s['shape']}, the model expects {want['shape']}")
+        self.posterior_sample = bool(getattr(encoder, "sample", True))
 
     def batches_per_epoch(self, index: dict, world: int) -> int:
+        """Every worker of every rank the same number of full batches of disjoint samples (the
+        reader deals whole shards, then splits the rest by sample)."""
         workers = max(1, self.num_workers)
-        per_rank = index["num_samples"] // world // self.batch_size // workers * workers
+        per_rank = epoch_batches(index["shards"], world, workers, self.batch_size)
         if per_rank < 1:
             raise ConfigError(f"data.batch_size ({self.batch_size}) x {world} rank(s) x {workers} worker(s) is more than "
                               f"the {index['num_samples']} training samples in {self.split_dir('train')}: no full "
                               f"batch per worker to train on")
-        shards = sum(1 for s in index["shards"] if s["samples"] > 0)
-        if shards < world * workers:
-            raise ConfigError(f"{self.split_dir('train')} has {shards} shards, fewer than {world} rank(s) x {workers} "
-                              f"worker(s) (data.num_workers): lower data.num_workers or prepare with a smaller "
-                              f"prepare.shard_size")
         return per_rank
 
     def train_dataloader(self):
@@ -132,6 +147,31 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
         if skipped:
             self.skipped += skipped
             log.warning("%s: %d bad sample(s) skipped so far (data.skip_bad=true)", self.name, self.skipped)
+        return self.augment(batch)
+
+    def augment(self, batch: dict) -> dict:
+        """Stored encodings -> the model's ``tokens`` / ``latent`` (see the class docstring)."""
+        name = "moments" if "moments" in batch else next((k for k in ("tokens", "latent") if k in batch), None)
+        if name is None:
+            return batch
+        x, mirror = batch.pop(name), batch.pop(name + "_flip", None)
+        trainer = self.trainer
+        training = trainer is None or bool(trainer.training)
+        flip = training and mirror is not None and self.flip == "random"
+        sample = training and name == "moments" and self.posterior_sample
+        gen = None
+        if flip or sample:
+            world, rank = self.ranks()
+            counter = trainer.fit_loop.epoch_loop.batch_progress.total.ready if trainer is not None else 0
+            gen = torch.Generator(device=x.device).manual_seed(mix_seed(self.shuffle_seed, rank, counter, "data"))
+        if flip:
+            pick = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+            x = torch.where(pick.view(-1, *[1] * (x.ndim - 1)), mirror, x)
+        if name == "moments":
+            mean, logvar = x[:, 0], x[:, 1]
+            x = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=x.device) if sample else mean
+            name = "latent"
+        batch[name] = x
         return batch
 
     def teardown(self, stage: str | None = None):
