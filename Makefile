@@ -34,12 +34,14 @@ help: ## this list: every make target and command-line tool, one line each
 		"python -m elt.experiments.context <ckpt>" "held-out loss on masked tokens per mask ratio and loop count" \
 		"python benchmarks/<name>.py" "timings and memory (make bench, table-throughput and anytime run them)"
 
-install: $(STAMP) ## create .venv and install the package with its dev extras (make alone does this)
+install: $(STAMP) ## create .venv and install the exact tested set (requirements.lock) and the package (make alone does this)
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package; pyproject.toml declares the ranges (an existing CUDA environment:
+# pip install -e . without the lock, README "Set-up").
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -r requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
 demo: demo-maskgit ## the README demo: demo-maskgit
