@@ -29,7 +29,7 @@ help: ## this list: every make target and command-line tool, one line each
 		"python -m elt.jobs.warm" "train and cache a dataset's judge and reference statistics before evaluations" \
 		"python -m elt.experiments.paper" "plan | run <table>: the paper's tables as configs, trained and evaluated" \
 		"python -m elt.experiments.mini_paper" "plan | run | report: the mini-paper on Fashion-MNIST" \
-		"python -m elt.experiments.report" "table | compare: paper tables and cross-run comparisons from evaluations" \
+		"python -m elt.experiments.report" "table | compare | wandb: paper tables, cross-run comparisons, a study's W&B Report" \
 		"python -m elt.experiments.stage_one" "vq | kl: train a small stage-one tokenizer / autoencoder on Fashion-MNIST" \
 		"python -m elt.experiments.context <ckpt>" "held-out loss on masked tokens per mask ratio and loop count" \
 		"python benchmarks/<name>.py" "timings and memory (make bench, table-throughput and anytime run them)"
