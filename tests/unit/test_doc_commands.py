@@ -11,10 +11,12 @@ A failure names the file, the line and the command; fix the doc (or, for a new k
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import runpy
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,11 @@ CHEAP = [
     ("python", "-m", "elt.experiments.mini_paper", "plan"),
     ("python", "-m", "elt.experiments.paper", "docs"),
 ]
+
+
+SHELL_BUILTINS = {"cd", "export", "echo"}
+SYSTEM_TOOLS = {"git", "ls", "cat", "mkdir", "head", "tail", "ffmpeg", "nvidia-smi"}  # must be on PATH here
+CLUSTER_TOOLS = {"sbatch", "squeue", "scancel", "scontrol"}  # SLURM's, absent off a cluster
 
 
 class Parsed(Exception):
@@ -119,8 +126,6 @@ def check_hydra(config: str, args: list[str]) -> None:
 
 def hydra_config_of(module: str) -> str | None:
     """The config_name of a module's @hydra.main, if it has one."""
-    import importlib.util
-
     spec = importlib.util.find_spec(module)
     if spec is None:
         raise ValueError(f"no module {module}")
@@ -176,22 +181,27 @@ def check(words: list[str]) -> None:
         words = ["python", *[w for w in words[1:] if not w.startswith("--")]]
     cmd, args = words[0], words[1:]
     if cmd == "make":
-        unknown = [a for a in args if "=" not in a and a not in makefile_targets()]
+        unknown = [a for a in args if "=" not in a and not a.startswith("-") and a not in makefile_targets()]
         if unknown:
             raise ValueError(f"no make target {unknown}")
     elif cmd == "source":
         if args != [".venv/bin/activate"]:
             raise ValueError("only `source .venv/bin/activate` is known to exist after make install")
     elif cmd in ("python", ".venv/bin/python"):
-        if args[:1] == ["-m"]:
+        if args[:1] == ["-m"] and not args[1].startswith("elt."):  # pytest, pip: installed, not run here
+            if importlib.util.find_spec(args[1]) is None:
+                raise ValueError(f"no module {args[1]}")
+        elif args[:1] == ["-m"]:
             config = hydra_config_of(args[1])
             check_hydra(config, args[2:]) if config else check_argparse(args[1], args[2:])
         elif args and args[0] in ENTRY_SCRIPTS:
             check_hydra(ENTRY_SCRIPTS[args[0]], args[1:])
         elif not args or not (ROOT / args[0]).is_file():
             raise ValueError(f"no script {args[:1]}")
+    elif cmd in SHELL_BUILTINS or cmd in CLUSTER_TOOLS or shutil.which(cmd) and cmd in SYSTEM_TOOLS:
+        pass
     elif not (BIN / cmd).exists():
-        raise ValueError(f"{cmd}: not a console script the install provides (none in {BIN})")
+        raise ValueError(f"{cmd}: not a console script the install provides (none in {BIN}), nor a known system tool")
 
 
 def doc_commands():
@@ -255,6 +265,9 @@ def test_the_check_catches_what_fails():
         check(["make", "demo-nothing"])
     with pytest.raises(ValueError, match="rejects the arguments"):
         check(["python", "-m", "elt.experiments.report", "tables"])
+    with pytest.raises(ValueError, match="not a console script"):
+        check(["huggingface-cli", "download", "x"])
+    check(["python", "-m", "pytest", "-q"])  # another package's module: found, not run
 
 
 @pytest.mark.slow
