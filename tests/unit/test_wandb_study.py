@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from elt.core.flops import gflops_per_sample
 from elt.evaluation.tables import log_to_loggers, wandb_keys
 from elt.experiments.wandb_report import build_report, local_runs, report_spec, runs_table
-from elt.jobs.train import resolved_config
+from elt.jobs.train import resolved_config, train
+from elt.runtime.checkpoint import load_run
 from elt.runtime.config import instantiate_group
 from elt.runtime.loggers import eval_logger_config
 from support.config import child_env, compose_cfg
@@ -231,3 +234,13 @@ def test_report_built_offline_from_local_runs(tmp_path, monkeypatch):
     r = subprocess.run(cli, env=child_env() | env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "needs the network" in r.stderr
     assert "budgets.report.json" in r.stderr
+
+
+def test_a_training_run_logs_its_size_as_columns(train_cfg):
+    """train() hands every logger the model's parameters and GFLOPs per sample at Lmax (W&B: config columns)."""
+    cfg = train_cfg("N=2", "Lmax=2", "trainer.max_steps=1")
+    out = train(cfg)
+    hparams = OmegaConf.load(Path(cfg.paths.output_dir) / "csv" / "hparams.yaml")
+    model, _ = load_run(out["ckpt_path"])
+    assert hparams.params == out["num_params"] == sum(p.numel() for p in model.parameters())
+    assert hparams.gflops_per_sample == pytest.approx(gflops_per_sample(model, 2, model.sampler_config()), rel=1e-5)
