@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import struct
 from pathlib import Path
+from urllib.parse import urlparse
 
 from elt.evaluation.tables import REFERENCE_ROWS, lower_is_better, metric_columns, wandb_keys
 from elt.runtime.files import write_text_atomic
@@ -148,7 +150,7 @@ def build_report(project: str, group: str, runs: list[dict], entity: str = "", o
                                title_x="GFLOPs per sample", title_y=m)]
     n_eval = sum(r.get("job_type") == "eval" for r in runs)
     n_train = sum(r.get("job_type") == "train" for r in runs)
-    ref_note = (f" Dashed-level lines: the reference rows ({', '.join(refs)}), the same at every L." if refs else "")
+    ref_note = (f" Flat lines: the reference rows ({', '.join(refs)}), the same at every L." if refs else "")
     blocks = [
         wr.H1(f"{group}: quality against loops and compute"),
         wr.P(f"Every evaluation of the W&B group {group} ({n_eval} evaluations, {n_train} training runs when built). "
@@ -193,6 +195,12 @@ def make_report(project: str, group: str, roots: list[Path], out: Path, entity: 
     if offline():
         raise OfflineError(f"WANDB_MODE={os.environ['WANDB_MODE']}: the report is not published (that needs the "
                            f"network); its spec is {path}")
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:  # a quick look first: W&B's own client retries for minutes without a network
+        socket.create_connection((host.hostname, host.port or (443 if host.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise OfflineError(f"publishing the report needs the network ({host.hostname}: {e.strerror or e}); "
+                           f"its spec is {path}") from None
     try:
         report = build_report(project, group, runs, entity=entity or _default_entity(), online=True)
         report.save()
