@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import wandb
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -214,6 +215,7 @@ def test_report_built_offline_from_local_runs(tmp_path, monkeypatch):
         N, Lmax = int(depth[0]), int(depth[3])
         log_to_loggers([lg], rows_of(N, Lmax, shift), {"hparams": {"params": 10 * N, "gflops_per_sample": 1.0}}, {},
                        images(tmp_path / f"grids_{depth}", Lmax))
+    wandb.teardown()  # as at a process's exit: finish() can return before W&B's service has written the file
     runs = local_runs([tmp_path], "elt", "budgets")
     assert sorted((r["job_type"], r["config"]["NxLmax"]) for r in runs) == [("eval", "2Nx4L"), ("eval", "8Nx1L"),
                                                                               ("train", "2Nx4L")]

@@ -44,7 +44,7 @@ def wandb_records(path: Path) -> list:
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
         pos += _HEADER
-        if kind == 0 and length == 0:
+        if kind == 0 and length == 0 or pos + length > len(data):  # the end, or a run still being written
             break
         chunk, pos = data[pos:pos + length], pos + length
         pending = chunk if kind in (1, 2) else pending + chunk  # full / first, then middle / last
