@@ -29,17 +29,19 @@ help: ## this list: every make target and command-line tool, one line each
 		"python -m elt.jobs.warm" "train and cache a dataset's judge and reference statistics before evaluations" \
 		"python -m elt.experiments.paper" "plan | run <table>: the paper's tables as configs, trained and evaluated" \
 		"python -m elt.experiments.mini_paper" "plan | run | report: the mini-paper on Fashion-MNIST" \
-		"python -m elt.experiments.report" "table | compare: paper tables and cross-run comparisons from evaluations" \
+		"python -m elt.experiments.report" "table | compare | wandb: paper tables, cross-run comparisons, a study's W&B Report" \
 		"python -m elt.experiments.stage_one" "vq | kl: train a small stage-one tokenizer / autoencoder on Fashion-MNIST" \
 		"python -m elt.experiments.context <ckpt>" "held-out loss on masked tokens per mask ratio and loop count" \
 		"python benchmarks/<name>.py" "timings and memory (make bench, table-throughput and anytime run them)"
 
-install: $(STAMP) ## create .venv and install the package with its dev extras (make alone does this)
+install: $(STAMP) ## create .venv and install the exact tested set (requirements.lock) and the package (make alone does this)
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package; pyproject.toml declares the ranges (an existing CUDA environment:
+# pip install -e . without the lock, README "Set-up").
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -r requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
 demo: demo-maskgit ## the README demo: demo-maskgit

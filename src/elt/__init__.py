@@ -27,5 +27,12 @@ def repo_root():
     return here if (here / "configs").is_dir() else Path(root_dir())
 
 
+def ilsd_suffix(name: str, Lmax) -> str:
+    """``${elt.ilsd_suffix:${ilsd.name},${Lmax}}``, the run name's training mode (``_ilsd`` / ``_vanilla``):
+    empty at Lmax = 1, where there is no exit below the teacher to distil and both modes train one model."""
+    return "" if int(Lmax) <= 1 else f"_{name}"
+
+
 # registered on import: train.py, eval.py and the tests import elt before Hydra resolves a config
 OmegaConf.register_new_resolver("elt.root", root_dir, replace=True)
+OmegaConf.register_new_resolver("elt.ilsd_suffix", ilsd_suffix, replace=True)

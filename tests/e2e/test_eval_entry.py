@@ -261,7 +261,7 @@ def test_video_checkpoint_scored_by_its_3d_judge_and_by_i3d(train_cfg, eval_cach
                              "eval.loops=[2]", "eval.reference_rows=false", "eval.reference_split=val"))["rows"]
     assert [r["loops"] for r in rows] == [2] and rows[0]["fvd"] > 0
     assert not any(k.endswith("_cnn") for k in rows[0])  # the literature's network: plain name, no judge
-    assert list(out.glob("wandb/offline-run-*/files/media/videos/eval/videos/L2*.gif"))
+    assert list(out.glob("wandb/offline-run-*/files/media/videos/eval/video_*.gif"))  # eval/video, stepped by L
 
 
 def test_notebook_runs_top_to_bottom(tiny_ckpt, eval_cache, tmp_path):

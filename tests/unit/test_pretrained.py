@@ -142,9 +142,9 @@ def test_missing_or_wrong_directories_stop_at_once_naming_them(vq_dir, tmp_path,
     t0 = time.perf_counter()
     cases = [
         (DiffusersAutoencoderKL, tmp_path / "sd-vae-ft-ema", FileNotFoundError,
-         ["sd-vae-ft-ema", "huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir"]),
+         ["sd-vae-ft-ema", "hf download stabilityai/sd-vae-ft-ema --local-dir"]),
         (DiffusersVQTokenizer, tmp_path / "vq", FileNotFoundError,
-         [str(tmp_path / "vq"), 'huggingface-cli download amused/amused-256 --include "vqvae/*"']),
+         [str(tmp_path / "vq"), 'hf download amused/amused-256 --include "vqvae/*"']),
         (DiffusersVQTokenizer, None, FileNotFoundError, ["no path configured"]),
         (DiffusersVQTokenizer, vq_dir.parent, FileNotFoundError, ["no config.json in", "vqvae/: point path there"]),
         (DiffusersAutoencoderKL, vq_dir, ValueError, ["holds a diffusers VQModel, expected a AutoencoderKL"]),

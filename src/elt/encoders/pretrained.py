@@ -25,11 +25,11 @@ from elt.runtime.files import file_fingerprint, fingerprint
 from elt.encoders.tokenizers import Autoencoder, Tokenizer
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-HOW_TO_GET_VQ = ('on a connected machine run `huggingface-cli download amused/amused-256 --include "vqvae/*" '
+HOW_TO_GET_VQ = ('on a connected machine run `hf download amused/amused-256 --include "vqvae/*" '
                  '--local-dir <dir>` and set data.tokenizer.path=<dir>/vqvae data.tokenizer.vocab_size=8192 '
                  "data.tokenizer.normalize=false (aMUSEd's VQ is a diffusers VQModel: 8192 codes, images in [0, 1]), "
                  "or convert MaskGIT's VQGAN to a diffusers VQModel and save_pretrained it to the configured path")
-HOW_TO_GET_KL = ("on a connected machine run `huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir <dir>` "
+HOW_TO_GET_KL = ("on a connected machine run `hf download stabilityai/sd-vae-ft-ema --local-dir <dir>` "
                  "and set path=<dir>")
 
 

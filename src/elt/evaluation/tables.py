@@ -69,29 +69,82 @@ def write_tables(rows: list[dict], meta: dict, out_dir: Path) -> str:
     return md
 
 
+REFERENCE_ROWS = ("real", "trivial", "reconstructed")  # the eval rows that do not depend on L
+
+
+def lower_is_better(metric: str) -> bool:
+    """Fréchet distances fall as samples improve; IS, accuracy, precision and recall rise."""
+    return metric.startswith(("fid", "fvd"))
+
+
+def best_rows(rows: list[dict], metrics: list[str]) -> dict[str, dict]:
+    """metric -> the model row (fixed L) that scores best on it."""
+    out = {}
+    for m in metrics:
+        scored = [r for r in rows if r["row"] == "model" and isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
+        if scored:
+            out[m] = (min if lower_is_better(m) else max)(scored, key=lambda r: r[m])
+    return out
+
+
 def log_to_loggers(loggers: list, rows: list[dict], meta: dict, figures: dict[str, Path], grids: dict[int, Path]) -> None:
-    """Every logger gets the per-loop numbers (step = loop count); W&B also gets the table, line
-    plots against loop count and GFLOPs, and the images, so runs of different N×L share a dashboard."""
+    """Every logger gets the per-loop numbers (step = loop count); W&B also gets them against GFLOPs, the
+    reference rows, the table, the figures and the grids, so runs of different N×L share its charts."""
     model_rows = [r for r in rows if r["row"] == "model"]
     metrics = quality_metrics(rows)
     for lg in loggers:
-        lg.log_hyperparams(meta["hparams"])
-        if type(lg).__name__ == "WandbLogger":
+        if type(lg).__name__ == "WandbLogger":  # under eval/: the run's columns (its training seed, ILSD on/off) stay
+            hp = meta["hparams"]
+            lg.log_hyperparams({"eval": hp, **{k: hp[k] for k in ("params", "gflops_per_sample") if k in hp}})
             _log_wandb(lg.experiment, rows, model_rows, metrics, figures, grids)
         else:
+            lg.log_hyperparams(meta["hparams"])
             for r in model_rows:
                 lg.log_metrics({f"eval/{m}": r[m] for m in metrics + ["gflops_per_sample"] if m in r}, step=r["loops"])
         lg.finalize("success")
 
 
+def wandb_keys(metric: str, kind: str = "model") -> tuple[str, str]:
+    """The W&B keys of a metric against loop count and against GFLOPs per sample: the model's, or a
+    reference row's (``kind`` real / trivial / reconstructed), a flat line on the same chart.
+    elt.experiments.report builds its panels from these names."""
+    prefix = "eval" if kind == "model" else f"eval/{kind}"
+    return f"{prefix}/{metric}", f"{prefix}/vs_gflops/{metric}"
+
+
 def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
+    """One log call per loop count L, at step L: the metrics against ``eval/loops`` and, under
+    ``eval/vs_gflops/``, against ``eval/gflops_per_sample`` (W&B step metrics: runs of different N×L overlay
+    on one workspace chart); the reference rows' values at every L (flat lines on those charts); the
+    sample grid under one key, ``eval/grid``, so the media panel steps through L. The summary holds each
+    metric's best score, its L and GFLOPs; then the table, line plots and figures."""
     import wandb
 
+    refs = [r for r in rows if r["row"] in REFERENCE_ROWS]
     run.define_metric("eval/loops")
-    run.define_metric("eval/*", step_metric="eval/loops")
-    for r in model_rows:
-        run.log({"eval/loops": r["loops"], "eval/gflops_per_sample": r["gflops_per_sample"],
-                 **{f"eval/{m}": r[m] for m in metrics if m in r}})
+    run.define_metric("eval/gflops_per_sample")
+    for kind in ["model", *[r["row"] for r in refs]]:
+        for m in metrics:
+            by_loops, by_gflops = wandb_keys(m, kind)
+            run.define_metric(by_loops, step_metric="eval/loops")
+            run.define_metric(by_gflops, step_metric="eval/gflops_per_sample")
+    for key in ("eval/grid", "eval/video"):
+        run.define_metric(key, step_metric="eval/loops")
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    for r in sorted(model_rows, key=lambda r: r["loops"]):
+        L = r["loops"]
+        payload = {"eval/loops": L, "eval/gflops_per_sample": r["gflops_per_sample"]}
+        for source in [r, *refs]:
+            kind = "model" if source is r else source["row"]
+            payload.update({k: source[m] for m in metrics if finite(source.get(m)) for k in wandb_keys(m, kind)})
+        if L in grids:
+            payload["eval/grid"] = wandb.Image(str(grids[L]), caption=f"L={L}")
+            if grids[L].with_suffix(".gif").is_file():  # videos: the animated grid beside the filmstrip
+                payload["eval/video"] = wandb.Video(str(grids[L].with_suffix(".gif")), caption=f"L={L}")
+        run.log(payload, step=L)  # _step = L: the media panel's slider is the loop count
+    for m, r in best_rows(rows, metrics).items():
+        run.summary.update({f"eval/best/{m}": r[m], f"eval/best/{m}/loops": r["loops"],
+                            f"eval/best/{m}/gflops_per_sample": r["gflops_per_sample"]})
     cols = BASE_COLUMNS + metric_columns(rows)
     table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
     model_table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in model_rows])
@@ -100,10 +153,6 @@ def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
         payload[f"eval/plots/{m}_vs_loops"] = wandb.plot.line(model_table, "loops", m, title=f"{m} vs loop count")
         payload[f"eval/plots/{m}_vs_gflops"] = wandb.plot.line(model_table, "gflops_per_sample", m, title=f"{m} vs GFLOPs/sample")
     payload.update({f"eval/figures/{k}": wandb.Image(str(p)) for k, p in figures.items()})
-    payload.update({f"eval/grids/L{L}": wandb.Image(str(p)) for L, p in grids.items()})
-    # videos: the animated grid beside the filmstrip, playable in the dashboard
-    payload.update({f"eval/videos/L{L}": wandb.Video(str(p.with_suffix(".gif")))
-                    for L, p in grids.items() if p.with_suffix(".gif").is_file()})
     run.log(payload)
     run.finish()
 

@@ -3,9 +3,11 @@
 
     python -m elt.experiments.report table <imagenet_maskgit|imagenet_dit|ucf101> --runs outputs/paper [--out outputs/tables]
     python -m elt.experiments.report compare 'outputs/demo/*/eval' other/eval ... [--out outputs/compare]
+    python -m elt.experiments.report wandb --project elt --group <study> [--runs outputs logs] [--offline]
 
 ``compare`` merges the evaluations into ``compare.md`` and ``frontier.png``: quality against
-GFLOPs/sample, one curve per run, one point per loop count, hollow beyond Lmax.
+GFLOPs/sample, one curve per run, one point per loop count, hollow beyond Lmax. ``wandb`` builds the same
+comparison as a W&B Report of one study (``elt.experiments.wandb_report``).
 """
 from __future__ import annotations
 
@@ -77,6 +79,20 @@ def compare(specs: list[str], out: Path) -> Path:
     return out / "compare.md"
 
 
+def wandb_report(args) -> int:
+    """The report's spec is always written; publishing it needs the network, and says so in one line."""
+    from elt.experiments.wandb_report import OfflineError, make_report
+
+    try:
+        spec, url = make_report(args.project, args.group, [Path(r) for r in args.runs], Path(args.out),
+                                entity=args.entity, publish=not args.offline)
+    except OfflineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"written: {spec}" + (f"\npublished: {url}" if url else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m elt.experiments.report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -87,9 +103,18 @@ def main(argv=None) -> int:
     c = sub.add_parser("compare", help="many evaluations in one table and one frontier plot")
     c.add_argument("evals", nargs="+", help="evaluation directories, directories above them, or globs")
     c.add_argument("--out", default="outputs/compare")
+    w = sub.add_parser("wandb", help="a saved W&B Report of one study (W&B group): quality vs loops and GFLOPs, runs, grids")
+    w.add_argument("--project", required=True, help="the W&B project (logger.wandb.project, default elt)")
+    w.add_argument("--group", required=True, help="the W&B group: the study's name (study=, default the experiment's)")
+    w.add_argument("--entity", help="W&B entity (default: WANDB_ENTITY, else the runs', else your default)")
+    w.add_argument("--runs", nargs="+", default=["outputs", "logs"], help="where the local runs are (their wandb/ dirs)")
+    w.add_argument("--out", default="outputs/reports", help="where the report's JSON spec is written")
+    w.add_argument("--offline", action="store_true", help="write the spec only, do not publish")
     args = p.parse_args(argv)
 
     def body() -> int:
+        if args.cmd == "wandb":
+            return wandb_report(args)
         path = render_table(args.table, Path(args.runs), Path(args.out)) if args.cmd == "table" else \
             compare(args.evals, Path(args.out))
         print(Path(path).read_text())

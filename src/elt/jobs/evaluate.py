@@ -10,6 +10,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from elt.core.flops import gflops_per_sample
 from elt.evaluation.plots import add_schedule_points, quality_figure, save_figure
 from elt.evaluation.preflight import check_sampler, require_creatable_dir
 from elt.evaluation.scoring import load_reference_npz
@@ -98,6 +99,9 @@ def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str,
         "samples_per_class": s.samples_per_class, "seed": s.seed, "network_evals_per_sample": evals,
         "sampling_precision": sample_precision,
         **{f"sampler/{k}": v for k, v in sampler.items()},
+        # the run's size, W&B config columns beside the training run's
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops_per_sample": round(gflops_per_sample(model, model.Lmax, sampler), 6),
     }
     header = [
         f"**{train_cfg.run_name}** ({hparams['model']} {model.N}N×{model.Lmax}L, ILSD {'on' if hparams['ilsd'] else 'off'}) "

@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from elt.core.positions import POS_INITS
 from elt.runtime.batch import apply_global_batch
 from elt.runtime.config import ConfigError, instantiate_group, require_int
+from elt.runtime.loggers import run_size
+from elt.core.flops import gflops_per_sample
 from elt.core.ilsd import lambda_at
 from elt.models.base import lr_factor
 from elt.runtime.precision import lightning_precision
@@ -133,12 +135,13 @@ def train(cfg: DictConfig) -> dict:
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
                           plugins=trainer_plugins(cfg))
+    n_params = sum(p.numel() for p in model.parameters())
     for lg in loggers:
         lg.log_hyperparams(resolved)
+    run_size(loggers, n_params, gflops_per_sample(model, model.Lmax, model.sampler_config()))
     if cfg.get("compile"):
         model.backbone.compile_blocks()
         log.info("torch.compile: looped blocks compiled (first steps are slow while they build)")
-    n_params = sum(p.numel() for p in model.parameters())
     log.info("%s: %s N=%d Lmax=%d, %.2fM parameters", cfg.run_name, type(model).__name__, cfg.N, cfg.Lmax, n_params / 1e6)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
