@@ -21,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from elt import repo_root
 from elt.runtime.config import ConfigError
+from elt.runtime.files import io_error_line
 
 # MissingMandatoryValue: a ??? key left unset (data.num_classes=??? of an image folder)
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, NotImplementedError, MissingMandatoryValue)
@@ -69,11 +70,21 @@ SWEEP = Sweep()
 def user_error(e: BaseException) -> BaseException | None:
     """The error to show the user, or None for a bug (which keeps its traceback). Hydra wraps what
     a constructor raised (a missing weights file, a bad value) in InstantiationException: show the
-    constructor's own message, or Hydra's for a wrong config key (a TypeError in the call)."""
+    constructor's own message, or Hydra's for a wrong config key (a TypeError in the call). An I/O
+    failure of the machine (a full disk, a file that cannot be read or written) is the user's too."""
     if isinstance(e, InstantiationException):
         cause = e.__cause__
-        return cause if isinstance(cause, USER_ERRORS) else e
-    return e if isinstance(e, USER_ERRORS) else None
+        return cause if isinstance(cause, USER_ERRORS) or machine_error(cause) else e
+    return e if isinstance(e, USER_ERRORS) or machine_error(e) else None
+
+
+def machine_error(e: BaseException | None) -> bool:
+    return isinstance(e, OSError) and io_error_line(e) is not None
+
+
+def error_line(e: BaseException) -> str:
+    """A user error's one line: an I/O failure in its own words (``elt.runtime.files.io_error_line``)."""
+    return (io_error_line(e) if machine_error(e) else None) or one_line(e)
 
 
 def one_line(e: BaseException, foreign: bool = False) -> str:
@@ -90,10 +101,10 @@ def run_tool(body) -> int:
     """A ``python -m`` tool's body (argparse, not Hydra): a user error is one ``error:`` line and exit 2."""
     try:
         return body() or 0
-    except USER_ERRORS as e:
-        if os.environ.get("ELT_DEBUG"):
+    except (*USER_ERRORS, OSError) as e:
+        if user_error(e) is None or os.environ.get("ELT_DEBUG"):
             raise
-        print("error: " + one_line(e), file=sys.stderr)
+        print("error: " + error_line(e), file=sys.stderr)
         return 2
 
 
@@ -118,14 +129,14 @@ def run_cli(job, cfg):
             (swept[1] / ERROR_FILE).unlink(missing_ok=True)  # a rerun into the same sweep dir
     try:
         return job(cfg)
-    except (*USER_ERRORS, InstantiationException) as e:
+    except (*USER_ERRORS, InstantiationException, OSError) as e:
         shown = user_error(e)
         if shown is None or os.environ.get("ELT_DEBUG"):  # full traceback when developing
             raise
         if swept is None:
-            print("error: " + one_line(shown), file=sys.stderr)
+            print("error: " + error_line(shown), file=sys.stderr)
             sys.exit(2)
-        return fail_sweep_job(*swept, one_line(shown))
+        return fail_sweep_job(*swept, error_line(shown))
 
 
 def fail_sweep_job(job: SweepJob, out: Path | None, message: str) -> None:
