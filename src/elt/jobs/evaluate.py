@@ -16,7 +16,7 @@ from elt.evaluation.scoring import load_reference_npz
 from elt.evaluation.settings import Settings, read_settings
 from elt.evaluation.sweep import LoopSweep
 from elt.evaluation.tables import log_to_loggers, quality_metrics, write_tables
-from elt.runtime import precision
+from elt.runtime import precision, rundir
 from elt.runtime.checkpoint import load_run, relocate_data, require_ckpt_path
 from elt.runtime.config import ConfigError, instantiate_group
 from elt.runtime.devices import pick_device
@@ -31,6 +31,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if not ranks.main:  # one voice: rank 0 logs, the others only warn
         logging.getLogger().setLevel(logging.WARNING)
     model, train_cfg, s, sampler, device, sample_precision, npz = load_for_evaluation(cfg, ranks)
+    rundir.started()  # every check passed: a later failure keeps what was written
     ranks.init(device)
     try:
         sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, sample_precision, ranks, npz)
