@@ -266,11 +266,12 @@ class RunDirectory(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
 
+        if not launch_rank_zero():  # the other ranks of a launch write into the first rank's directory
+            return
         HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the run dir's path
         directory = Path(os.path.abspath(str(config.hydra.run.dir)))
-        existed = directory.is_dir()
         try:
-            snap = Snapshot.take(directory, OmegaConf.select(config, "hydra.output_subdir")) if existed else None
+            snap = Snapshot.take(directory, OmegaConf.select(config, "hydra.output_subdir"))
             hold(directory)
         except (ConfigError, OSError) as e:  # as elt.runtime.cli.run_cli would say it
             line = io_error_line(e) if isinstance(e, OSError) else None
