@@ -25,6 +25,9 @@ from support.config import ROOT, child_env
     (["-m", "N=1,2", "trainer.max_stepz=5"],  # a sweep is checked as its first job
      "trainer.max_stepz=5: trainer.max_stepz is not a config key; did you mean trainer.max_steps? "
      "(a new key: +trainer.max_stepz=5)"),
+    (["-m", "model=dit_elt,maskgit_eltt"],  # every option of a swept group exists
+     "model=dit_elt,maskgit_eltt: model has no option maskgit_eltt; did you mean model=maskgit_elt? "
+     "(options: dit_elt, maskgit_elt)"),
 ])
 def test_hydra_errors_name_the_closest_key(args, line):
     assert hydra_error("train", args) == line

@@ -93,3 +93,48 @@ def test_jobs_of_an_array_get_their_own_default_run_directory(monkeypatch, env, 
     hydra = compose_cfg("train", []).hydra
     assert hydra.run.dir.endswith(suffix) and hydra.sweep.dir.endswith(suffix)
     assert OmegaConf.to_container(hydra.sweep)["subdir"].startswith("${hydra.job.num}_")  # one per job of a sweep
+
+
+def fill(run):
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("N: 2\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- N=2\n")
+    (run / "train.log").write_text("the first run's lines\n")
+
+
+def tree(run):
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def rewrite_like_hydra(run):
+    """What Hydra does to an existing run directory before the job runs, and the job's first log line."""
+    (run / ".hydra" / "config.yaml").write_text("N: 3\n")
+    (run / ".hydra" / "hydra.yaml").write_text("new\n")
+    with open(run / "train.log", "a") as f:
+        f.write("resuming from last.ckpt\n")
+    (run / "other.log").write_text("")
+
+
+def run_job(run, monkeypatch, start: bool):
+    cfg = OmegaConf.create({"paths": {"output_dir": str(run)}})
+    monkeypatch.setitem(rundir.SNAPSHOTS, os.path.realpath(run), rundir.Snapshot.take(run, ".hydra"))
+    rewrite_like_hydra(run)
+    with pytest.raises(ConfigError):
+        with rundir.holding(cfg, refused=lambda e: isinstance(e, ConfigError)):
+            if start:
+                rundir.started()
+            raise ConfigError("checkpoint does not fit this model")
+
+
+def test_a_refused_run_puts_back_what_hydra_rewrote(tmp_path, monkeypatch):
+    fill(run := tmp_path / "run")
+    before = tree(run)
+    run_job(run, monkeypatch, start=False)
+    assert tree(run) == before  # .hydra/ byte for byte, the log cut back, the new log gone, no lock file
+
+
+def test_a_run_that_started_work_keeps_its_config_and_log_lines(tmp_path, monkeypatch):
+    fill(run := tmp_path / "run")
+    run_job(run, monkeypatch, start=True)
+    assert (run / ".hydra" / "config.yaml").read_text() == "N: 3\n"
+    assert (run / "train.log").read_text().endswith("resuming from last.ckpt\n")

@@ -211,29 +211,46 @@ def hydra_error(config_name: str, args: list[str]) -> str | None:
     the job's heavy imports); a command line with Hydra's own flags (``--cfg``, ``--help``, ...) is left to
     Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
-    from elt.runtime.config import compose
+    from hydra.errors import OverrideParseException
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return None
     given = [a for a in args if not a.startswith("-")]
     parser = OverridesParser.create()
-    single = []
-    for arg in given:
+    single, sweeps = [], []
+    for i, arg in enumerate(given):
         try:
             override = parser.parse_overrides([arg])[0]
         except OverrideParseException as e:
             return f"{arg}: not a valid override ({str(e).splitlines()[0]}); write key=value, e.g. N=2 or eval.loops=[1,2]"
-        # a sweep (a,b / choice / range) composes as its first value: the others differ only in that value
-        value = next(iter(override.sweep_string_iterator()), "") if override.is_sweep_override() else None
-        single.append(arg if value is None else f"{override.get_key_element()}={value}")
+        if not override.is_sweep_override():
+            single.append(arg)
+            continue
+        # a sweep (a,b / choice / range) composes as its first value; each other option of a config group
+        # is checked too (a missing one would otherwise stop the sweep at its job)
+        values = [f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()]
+        single.append(values[0] if values else arg)
+        if (repo_root() / "configs" / override.key_or_group).is_dir():
+            sweeps += [(i, v) for v in values[1:]]
+    for trial in [single] + [single[:i] + [v] + single[i + 1:] for i, v in sweeps]:
+        line = composition_error(config_name, trial, given)
+        if line:
+            return line
+    return None
+
+
+def composition_error(config_name: str, overrides: list[str], given: list[str]) -> str | None:
+    """``hydra_error`` for one composition of the command line (``given``: the overrides as typed)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    from elt.runtime.config import compose
+
     try:
-        compose(config_name, single)
+        compose(config_name, overrides)
         return None
     except MissingConfigException as e:
-        arg = next((a for a in given if e.missing_cfg_file and a.lstrip("+~").startswith(e.missing_cfg_file.split("/")[0] + "=")), None)
         group, _, option = (e.missing_cfg_file or "").partition("/")
+        arg = next((a for a in given if group and a.lstrip("+~").startswith(group + "=")), None)
         options = sorted(e.options or [])
         listed = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
         return (f"{arg or e.missing_cfg_file}: {group} has no option {option}{closest(option, options, group + '={}')}"
@@ -247,7 +264,7 @@ def hydra_error(config_name: str, args: list[str]) -> str | None:
         key = m.group(1)
         arg = next((a for a in given if a.lstrip("+~").split("=")[0] == key), key)
         try:
-            keys = config_keys(compose(config_name, [o for o, a in zip(single, given) if a != arg]))
+            keys = config_keys(compose(config_name, [o for o, a in zip(overrides, given) if a != arg]))
         except Exception:  # another override is wrong too: the keys of the plain config
             keys = config_keys(compose(config_name, []))
         hint = "" if arg.startswith("~") else f" (a new key: +{arg.lstrip('+')})"
