@@ -63,3 +63,32 @@ def test_an_error_naming_another_file_keeps_its_name(tmp_path):
         with atomic_path(tmp_path / "out.txt"):
             open(tmp_path / "missing-input")
     assert err.value.filename == str(tmp_path / "missing-input")
+
+
+def test_a_full_disk_while_appending_metrics_names_metrics_csv(tmp_path, monkeypatch):
+    from elt.runtime.loggers import AppendingExperimentWriter
+
+    writer = AppendingExperimentWriter(log_dir=str(tmp_path))
+    writer.log_metrics({"loss": 1.0}, step=0)
+    writer.save()
+    finished = (tmp_path / "metrics.csv").read_bytes()
+
+    class FullDisk:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer._fs, "open", FullDisk)
+    writer.log_metrics({"loss": 0.5}, step=1)
+    with pytest.raises(OSError) as err:
+        writer.save()
+    assert err.value.filename == writer.metrics_file_path and err.value.errno == errno.ENOSPC
+    assert (tmp_path / "metrics.csv").read_bytes() == finished
