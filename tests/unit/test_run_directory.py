@@ -115,7 +115,7 @@ def rewrite_like_hydra(run):
     (run / "other.log").write_text("")
 
 
-def run_job(run, monkeypatch, start: bool):
+def run_job(run, monkeypatch, start: bool = False, writes: bool = False):
     cfg = OmegaConf.create({"paths": {"output_dir": str(run)}})
     monkeypatch.setitem(rundir.SNAPSHOTS, os.path.realpath(run), rundir.Snapshot.take(run, ".hydra"))
     rewrite_like_hydra(run)
@@ -123,18 +123,22 @@ def run_job(run, monkeypatch, start: bool):
         with rundir.holding(cfg, refused=lambda e: isinstance(e, ConfigError)):
             if start:
                 rundir.started()
+            if writes:  # a job that never says it started, but wrote its results
+                (run / "pareto").mkdir()
+                (run / "pareto" / "points.json").write_text("{}")
             raise ConfigError("checkpoint does not fit this model")
 
 
 def test_a_refused_run_puts_back_what_hydra_rewrote(tmp_path, monkeypatch):
     fill(run := tmp_path / "run")
     before = tree(run)
-    run_job(run, monkeypatch, start=False)
+    run_job(run, monkeypatch)
     assert tree(run) == before  # .hydra/ byte for byte, the log cut back, the new log gone, no lock file
 
 
-def test_a_run_that_started_work_keeps_its_config_and_log_lines(tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["started", "wrote"])
+def test_a_run_that_did_work_keeps_its_config_and_log_lines(tmp_path, monkeypatch, how):
     fill(run := tmp_path / "run")
-    run_job(run, monkeypatch, start=True)
+    run_job(run, monkeypatch, start=how == "started", writes=how == "wrote")
     assert (run / ".hydra" / "config.yaml").read_text() == "N: 3\n"
     assert (run / "train.log").read_text().endswith("resuming from last.ckpt\n")

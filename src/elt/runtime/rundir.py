@@ -12,7 +12,7 @@ Hydra writes ``.hydra/`` and opens the job's log file before the job runs, so a 
 resume that does not fit, a bad value) would still have rewritten an existing directory's config.
 ``RunDirectory`` (a Hydra callback, configs/hydra/default.yaml) takes the lock before Hydra writes
 anything and remembers the directory's ``.hydra/`` files and log sizes; ``run_cli`` puts them back when
-the job is refused before it started work (``started()``)."""
+the job is refused before it started work (``started()``, or any other file of the directory written)."""
 from __future__ import annotations
 
 import atexit
@@ -154,7 +154,19 @@ class Snapshot:
     hydra_files: dict[str, bytes] = field(default_factory=dict)
     hydra_dir_existed: bool = False
     logs: dict[str, int] = field(default_factory=dict)
+    others: dict[str, tuple[int, int]] = field(default_factory=dict)  # every other file: size, mtime
     started: bool = False
+
+    def stamp(self) -> dict[str, tuple[int, int]]:
+        """Size and mtime of the files that are neither Hydra's nor logs nor the lock: a job that wrote any
+        of them did work, whatever it said (``started``)."""
+        out = {}
+        for p in self.directory.rglob("*"):
+            if (p.is_file() and p.name != LOCK_FILE and not (p.parent == self.directory and p.suffix == ".log")
+                    and (self.hydra_sub is None or self.hydra_sub not in p.parents)):
+                st = p.stat()
+                out[str(p)] = (st.st_size, st.st_mtime_ns)
+        return out
 
     @classmethod
     def take(cls, directory: Path, output_subdir: str | None) -> "Snapshot | None":
@@ -167,10 +179,14 @@ class Snapshot:
             snap.hydra_files = {str(p): p.read_bytes() for p in sub.glob("*") if p.is_file()} if sub.is_dir() else {}
             snap.hydra_sub = sub
         snap.logs = {str(p): p.stat().st_size for p in directory.glob("*.log") if p.is_file()}
+        snap.others = snap.stamp()
         return snap
 
     def restore(self) -> None:
-        """Put back what Hydra rewrote: ``.hydra/`` byte for byte, the logs cut to their old length."""
+        """Put back what Hydra rewrote: ``.hydra/`` byte for byte, the logs cut to their old length; not
+        when the job wrote anything else there (then the new config and log lines describe it)."""
+        if self.stamp() != self.others:
+            return
         sub = self.hydra_sub
         if sub is not None and sub.is_dir():
             for p in sub.glob("*"):
