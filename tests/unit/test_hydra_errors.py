@@ -52,3 +52,11 @@ def test_entry_points_say_it_in_one_line_and_exit_2(script, arg, fragment, tmp_p
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {arg}: ") and fragment in lines[0], proc.stderr
     assert not (tmp_path / "run").exists()  # refused before Hydra made the run directory
+
+
+def test_an_uncreatable_run_directory_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: not a directory: {tmp_path / 'a_file' / 'run'}"]
