@@ -3,7 +3,6 @@ the existing run directory byte-identical, ``.hydra/`` and the log included."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
