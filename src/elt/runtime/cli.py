@@ -215,6 +215,8 @@ def hydra_error(config_name: str, args: list[str]) -> str | None:
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return None
+    if not (repo_root() / "configs" / f"{config_name}.yaml").is_file():  # configs elsewhere: Hydra's own words
+        return None
     given = [a for a in args if not a.startswith("-")]
     parser = OverridesParser.create()
     single, sweeps = [], []
