@@ -5,11 +5,12 @@ import hydra
 from omegaconf import DictConfig
 
 from elt.runtime.cli import launch, run_cli
-from elt.jobs.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from elt.jobs.evaluate import evaluate  # after the command line is checked: a typo fails before heavy imports
+
     run_cli(evaluate, cfg)
 
 

@@ -6,11 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from elt.runtime.cli import launch, run_cli
-from elt.jobs.prepare import prepare
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
+    from elt.jobs.prepare import prepare  # after the command line is checked: a typo fails before heavy imports
+
     run_cli(prepare, cfg)
 
 

@@ -4,11 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 from elt.runtime.cli import launch, run_cli
-from elt.jobs.sample import sample_entry
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
+    from elt.jobs.sample import sample_entry  # after the command line is checked: a typo fails before heavy imports
+
     run_cli(sample_entry, cfg)
 
 

@@ -3,11 +3,12 @@ import hydra
 from omegaconf import DictConfig
 
 from elt.runtime.cli import launch, run_cli
-from elt.jobs.train import train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from elt.jobs.train import train  # after the command line is checked: a typo fails before heavy imports
+
     run_cli(train, cfg)
 
 

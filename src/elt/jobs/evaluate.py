@@ -15,14 +15,15 @@ from elt.evaluation.plots import add_schedule_points, quality_figure, save_figur
 from elt.evaluation.preflight import check_sampler, require_creatable_dir
 from elt.evaluation.scoring import load_reference_npz
 from elt.evaluation.settings import Settings, read_settings
-from elt.evaluation.sweep import LoopSweep
 from elt.evaluation.tables import log_to_loggers, quality_metrics, write_tables
-from elt.runtime import precision
+from elt.runtime import precision, rundir
 from elt.runtime.checkpoint import load_run, relocate_data, require_ckpt_path
 from elt.runtime.config import ConfigError, instantiate_group
 from elt.runtime.devices import pick_device
 from elt.runtime.distributed import Ranks
-from elt.runtime.loggers import eval_logger_config
+
+# Lightning (the sweep's models, the loggers) is imported where it is used, after the checks of
+# load_for_evaluation: a missing checkpoint or a bad value is one line before those imports
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -32,7 +33,10 @@ def evaluate(cfg: DictConfig) -> dict:
     if not ranks.main:  # one voice: rank 0 logs, the others only warn
         logging.getLogger().setLevel(logging.WARNING)
     model, train_cfg, s, sampler, device, sample_precision, npz = load_for_evaluation(cfg, ranks)
+    rundir.started()  # every check passed: a later failure keeps what was written
     ranks.init(device)
+    from elt.evaluation.sweep import LoopSweep
+
     try:
         sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, sample_precision, ranks, npz)
         rows = sweep.rows()
@@ -126,6 +130,7 @@ def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str,
 def build_loggers(cfg: DictConfig, train_cfg: DictConfig) -> list:
     """The eval config's loggers, resolved against the evaluated run's training config (W&B groups
     eval runs with their training runs): ``elt.runtime.loggers.eval_logger_config``."""
+    from elt.runtime.loggers import eval_logger_config
 
     if not cfg.get("logger"):
         return []

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from elt.evaluation.plots import save_animation, save_grid
-from elt.runtime import precision
+from elt.runtime import precision, rundir
 from elt.runtime.checkpoint import load_run, require_ckpt_path
 from elt.runtime.config import ConfigError
 from elt.runtime.devices import pick_device
@@ -49,6 +49,7 @@ def sample_entry(cfg) -> dict:
     early_exit = OmegaConf.to_container(cfg.early_exit, resolve=True) if OmegaConf.is_dict(cfg.early_exit) else cfg.early_exit
     front = find_front(cfg.get("front"), cfg.ckpt_path)
     y = torch.tensor(labels).repeat_interleave(n)
+    rundir.started()
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     with precision.autocast(device.type, prec):

@@ -7,26 +7,16 @@ import sys
 import uuid
 from pathlib import Path
 
-import lightning as L
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from elt.core.positions import POS_INITS
+from elt.runtime import rundir
 from elt.runtime.batch import apply_global_batch
 from elt.runtime.config import ConfigError, instantiate_group, require_int
-from elt.runtime.loggers import run_size
-from elt.core.flops import gflops_per_sample
-from elt.core.ilsd import lambda_at
-from elt.models.base import lr_factor
-from elt.runtime.precision import lightning_precision
-from elt.runtime.resume import (AtomicCheckpointIO, Preempted, Preemption, RandomState, check_resumable,
-                        config_differences, last_checkpoint_path,
-                        resolve_ckpt_path)
+
+# torch, Lightning and the models are imported by the functions that use them, after validate_train:
+# a bad value is one line within a second, not after the imports (~10 s)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +66,8 @@ def check_output_dirs(cfg: DictConfig) -> None:
 
 def refuse_optimizer_change(saved: dict | None, resolved: dict, path: str) -> None:
     """Lightning restores the optimizer's own hyper-parameters on resume: a new value would be ignored."""
+    from elt.runtime.resume import config_differences
+
     changed = [d for d in config_differences(saved, resolved, keys=("model",)) if d.startswith("model.optimizer")]
     if changed:
         raise ConfigError(f"resuming {path} with another optimizer setting ({', '.join(changed[:3])}): the "
@@ -85,6 +77,9 @@ def refuse_optimizer_change(saved: dict | None, resolved: dict, path: str) -> No
 def explain_extension(saved: dict | None, cfg: DictConfig, step: int) -> None:
     """Extending a finished run: λ and the learning rate are functions of step / max_steps, so a new
     max_steps re-stretches both schedules and they jump to their values at the new progress."""
+    from elt.core.ilsd import lambda_at
+    from elt.models.base import lr_factor
+
     old_steps = OmegaConf.select(OmegaConf.create(saved or {}), "trainer.max_steps")
     new_steps = cfg.trainer.max_steps
     if not isinstance(old_steps, int) or old_steps == new_steps or step <= 0:
@@ -102,6 +97,16 @@ def explain_extension(saved: dict | None, cfg: DictConfig, step: int) -> None:
 def train(cfg: DictConfig) -> dict:
     """Fit the configured model; returns the final logged metrics and the checkpoint path."""
     validate_train(cfg)
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from elt.core.flops import gflops_per_sample
+    from elt.runtime.loggers import run_size
+    from elt.runtime.precision import lightning_precision
+    from elt.runtime.resume import Preempted, Preemption, RandomState, check_resumable, resolve_ckpt_path
+
     apply_global_batch(cfg)  # paper rows: global_batch -> trainer.accumulate_grad_batches for this world size
     check_output_dirs(cfg)
     L.seed_everything(cfg.seed, workers=True)  # identical initial weights on every rank
@@ -133,6 +138,7 @@ def train(cfg: DictConfig) -> dict:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("fast_dev_run"):  # Lightning's ModelCheckpoint still writes last.ckpt at train end
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    rundir.started()  # every check passed: what the run writes from here on is kept
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
                           plugins=trainer_plugins(cfg))
     n_params = sum(p.numel() for p in model.parameters())
@@ -156,6 +162,10 @@ def train(cfg: DictConfig) -> dict:
 def trainer_plugins(cfg: DictConfig) -> list:
     """The config's plugins plus atomic checkpoint writes; under SLURM Lightning's own auto-requeue is
     off (its SIGUSR1 handler would write hpc_ckpt files and requeue behind the Preemption callback)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from elt.runtime.resume import AtomicCheckpointIO
+
     plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -174,6 +184,8 @@ def check_strategy(cfg: DictConfig, model) -> None:
 def save_final(trainer) -> str | None:
     """Write ``last.ckpt`` at the final step: ModelCheckpoint's periodic saves miss the steps after
     the last multiple of ``every_n_train_steps``, and eval.py reads ``last.ckpt``."""
+    from elt.runtime.resume import last_checkpoint_path
+
     path = last_checkpoint_path(trainer)
     if path is not None:
         trainer.save_checkpoint(path)
@@ -201,6 +213,8 @@ def validate_train(cfg: DictConfig) -> None:
     pos_init = OmegaConf.select(cfg, "model.pos_init", default=None)
     if pos_init is not None and not str(OmegaConf.select(cfg, "model._target_", default="")).endswith("MaskGITELT"):
         raise ConfigError(f"model.pos_init is a MaskGIT-ELT option (DiT-ELT's positions are fixed sin-cos), got model={cfg.model.get('name')}")
+    from elt.core.positions import POS_INITS
+
     if pos_init is not None and pos_init not in POS_INITS:
         raise ConfigError(f"model.pos_init must be one of {', '.join(POS_INITS)}, got {pos_init!r}")
     steps = OmegaConf.select(cfg, "trainer.max_steps")

@@ -1,27 +1,64 @@
-"""Files of the evaluation: written whole or not at all, and keyed by content hashes.
+"""Files: written whole or not at all, keyed by content hashes, and I/O failures as one line.
 
-A crash (or Ctrl-C in a 50k-sample sweep) leaves the previous version of a file, never a truncated
-one that a rerun would trust; caches are keyed by hashes of what they depend on, so a change of
+A crash, a full disk (or Ctrl-C in a 50k-sample sweep) leaves the previous version of a file, never a
+truncated one that a rerun would trust; caches are keyed by hashes of what they depend on, so a change of
 weights, data split or settings can never reuse a stale entry."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
+# what the user can do about an I/O error, by errno (the rest: the system's own words)
+FULL = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}
+
+
+def naming(e: OSError, path, tmp=None) -> OSError:
+    """``e`` naming ``path`` when it names no file (a failed ``write``) or ``tmp``, the temporary
+    sibling that was being written: the one line then says which file could not be written."""
+    if e.filename is not None and (tmp is None or str(e.filename) != str(tmp)):
+        return e
+    return type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+def io_error_line(e: OSError) -> str | None:
+    """The one line for an I/O failure of the machine (disk full, quota, read-only, permissions,
+    a failing disk), or None when ``e`` names neither a file nor such a cause (a bug keeps its
+    traceback). Every writer of the project replaces a file only by a complete new one, so a full
+    disk loses nothing that was finished."""
+    name = e.filename
+    if e.errno in FULL:
+        if name is None:
+            return f"{FULL[e.errno]} on the device; nothing finished was lost"
+        path = Path(os.path.abspath(str(name)))
+        return f"{FULL[e.errno]} on {path.parent} while writing {path.name}; nothing finished was lost"
+    if name is None:
+        return f"I/O error ({e.strerror}); nothing finished was lost" if e.errno == errno.EIO else None
+    if e.errno == errno.EROFS:
+        return f"read-only file system: cannot write {name}"
+    if e.errno == errno.EIO:
+        return f"I/O error on {name} (a failing disk or network file system); nothing finished was lost"
+    return f"{(e.strerror or type(e).__name__).lower()}: {name}"
+
 
 @contextmanager
 def atomic_path(path):
     """Yields a temporary sibling (same suffix, so writers infer the format) that replaces
-    ``path`` only when the block finishes."""
+    ``path`` only when the block finishes. An I/O error names ``path``, not the sibling."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        named = naming(e, path, tmp)
+        if named is e:
+            raise
+        raise named from e
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
+from elt.runtime.files import atomic_path, naming
+
 
 class AppendingExperimentWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
@@ -25,12 +27,20 @@ class AppendingExperimentWriter(ExperimentWriter):
         mid-rewrite leaves the old rows."""
         with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
-        tmp = f"{self.metrics_file_path}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
+
+    def save(self) -> None:
+        """Lightning's append; a failed write (a full disk) names ``metrics.csv``, whose finished rows stay."""
+        try:
+            super().save()
+        except OSError as e:
+            named = naming(e, self.metrics_file_path)
+            if named is e:
+                raise
+            raise named from e
 
 
 class AppendingCSVLogger(CSVLogger):

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from elt.runtime.checkpoint import CheckpointError, read_checkpoint
+from elt.runtime.files import naming
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's default goes through a temporary file elsewhere and a copy that truncates the
     destination first: a full disk mid-copy leaves an unreadable ``last.ckpt`` and nothing else. Here
-    the previous file is replaced only by a complete new one (a rename within one filesystem)."""
+    the previous file is replaced only by a complete new one (a rename within one filesystem), and a
+    full disk is one line naming the checkpoint."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -49,9 +51,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as e:
-            raise CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}); "
-                                  f"the previous {path.name}, if any, is unchanged") from None
+        except OSError as e:  # one line naming the checkpoint (elt.runtime.files.io_error_line)
+            named = naming(e, path, tmp)
+            if named is e:
+                raise
+            raise named from e
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -54,13 +54,43 @@ def adm_center_crop(image, resolution: int) -> np.ndarray:
     return a[top:top + resolution, left:left + resolution]
 
 
+# Pillow converts these to 8-bit RGB itself (alpha dropped, as ADM's and torchvision's readers do, so
+# statistics match theirs; palettes looked up; CMYK and YCbCr by Pillow's formulas)
+EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # 16-bit PNG / TIFF; "I" holds them too
+
+
+def to_rgb(im):
+    """Any image a folder can hold as 8-bit RGB, or ValueError naming the mode. Pillow's own
+    conversion clips 16-bit values at 255 (a 16-bit PNG reads as pure white): those are scaled
+    (x / 257, so 65535 -> 255); float images must lie in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in EIGHT_BIT_MODES:
+        return im.convert("RGB")
+    if im.mode in SIXTEEN_BIT_MODES:
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"image mode {im.mode} holds values in [{a.min()}, {a.max()}]: only 16-bit images "
+                             "(0..65535) are read; convert it to 8-bit RGB")
+        return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError(f"image mode F (32-bit float) holds values in [{np.nanmin(a):g}, {np.nanmax(a):g}]: "
+                             "only [0, 1] is read; convert it to 8-bit RGB")
+        return Image.fromarray(np.rint(a * 255).astype(np.uint8), "L").convert("RGB")
+    raise ValueError(f"image mode {im.mode} is not read; convert it to 8-bit RGB")
+
+
 def decode_image(path: str, resolution: int) -> torch.Tensor:
-    """Decode by content (ImageNet holds CMYK and grayscale JPEGs and a PNG named .JPEG), to RGB,
-    ADM-crop: float32 ``[3, R, R]`` in [0, 1]."""
+    """Decode by content (ImageNet holds CMYK and grayscale JPEGs and a PNG named .JPEG), to 8-bit RGB
+    (``to_rgb``), ADM-crop: float32 ``[3, R, R]`` in [0, 1]."""
     from PIL import Image
 
     with Image.open(path) as im:
-        rgb = im.convert("RGB")
+        rgb = to_rgb(im)
     return torch.from_numpy(adm_center_crop(rgb, resolution).copy()).permute(2, 0, 1).float().div_(255)
 
 
