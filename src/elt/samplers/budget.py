@@ -46,7 +46,8 @@ def change_profile(model, sampler: dict, max_loops: int | None = None, per_class
         rule = EarlyExit(tau=0.0, record=[])
         gen = torch.Generator(device=model.device).manual_seed(seed)
         model.sample(calibration_labels(model.num_classes, per_class), loops=cap, generator=gen, early_exit=rule, **sampler)
-        _PROFILES[key] = rule.record
+        steps = [k for k, _ in flops.evaluations(model, sampler)]  # a step evaluated twice (Heun): its first
+        _PROFILES[key] = [rec for e, rec in enumerate(rule.record) if e == 0 or steps[e] != steps[e - 1]]
     return _PROFILES[key]
 
 

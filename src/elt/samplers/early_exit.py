@@ -126,24 +126,28 @@ def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
 
 
 class StepLoops:
-    """The loops of every sampling step: the schedule's entry (``loops``: an int or a loop schedule,
-    elt.core.schedules), or under early exit as many as each sample needs up to it. Counts the loops
-    each sample ran and the heads it read per step, which ``report`` hands to a sampler's ``stats``."""
+    """The loops of every network evaluation: its step's schedule entry (``loops``: an int or a loop
+    schedule, elt.core.schedules), or under early exit as many as each sample needs up to it. Counts
+    the loops each sample ran and the heads it read per evaluation (``evals``: the step of each, for
+    solvers that evaluate a step more than once; default one per step), which ``report`` hands to a
+    sampler's ``stats``."""
 
-    def __init__(self, loops, steps: int, early_exit, family: str, batch: int, device):
+    def __init__(self, loops, steps: int, early_exit, family: str, batch: int, device, evals=None):
         self.plan = schedules.resolve(loops, steps)
         self.rule = EarlyExit.from_spec(early_exit)
         self.criterion = self.rule.criterion_for(family) if self.rule is not None else None
-        self.ran = torch.zeros(batch, steps, dtype=torch.long, device=device)
-        self.heads = torch.ones(batch, steps, dtype=torch.long, device=device)
+        self.step_of = list(range(steps)) if evals is None else list(evals)
+        self.ran = torch.zeros(batch, len(self.step_of), dtype=torch.long, device=device)
+        self.heads = torch.ones(batch, len(self.step_of), dtype=torch.long, device=device)
 
-    def predict(self, model, k: int, inputs: dict, cfg_scale: float, distance, post=None) -> torch.Tensor:
-        """Step ``k``'s guided prediction; ``distance`` is the family's criterion (used under early exit)."""
+    def predict(self, model, e: int, inputs: dict, cfg_scale: float, distance, post=None) -> torch.Tensor:
+        """Evaluation ``e``'s guided prediction; ``distance`` is the family's criterion (used under early exit)."""
+        loops = self.plan[self.step_of[e]]
         if self.rule is None:
-            self.ran[:, k] = self.plan[k]
-            return model.guided_predict(inputs, self.plan[k], cfg_scale, post)
-        out, self.ran[:, k], self.heads[:, k] = early_exit_predict(
-            model, inputs, self.plan[k], cfg_scale, self.rule, distance, post)
+            self.ran[:, e] = loops
+            return model.guided_predict(inputs, loops, cfg_scale, post)
+        out, self.ran[:, e], self.heads[:, e] = early_exit_predict(
+            model, inputs, loops, cfg_scale, self.rule, distance, post)
         return out
 
     def report(self, stats: dict | None) -> None:
