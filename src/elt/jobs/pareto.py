@@ -85,19 +85,26 @@ class Search:
         self.cache = RowCache(Path(out_dir) / "points", fingerprint({**sweep.common, "pareto": 1}))
         self.ranks = Ranks()
 
-    def point(self, steps: int, spec) -> dict:
-        sampler = {**self.sweep.sampler, "steps": int(steps)}
+    def point(self, steps: int, spec, solver: dict | None = None) -> dict:
+        """One candidate; ``solver``: sampler overrides besides the steps (kind, spacing, cfg_scale,
+        cfg_interval), the any-time search's and the loops x steps study's other axes."""
+        solver = dict(solver or {})
+        sampler = {**self.sweep.sampler, **solver, "steps": int(steps)}
         plan = resolve_schedule(self.model, spec, sampler)
-        return {"steps": int(steps), "schedule": spec, "name": f"{steps} steps, {schedules.name(spec)}",
+        tag = "".join(f", {k}={v}" for k, v in solver.items())
+        return {"steps": int(steps), "schedule": spec, "name": f"{steps} steps, {schedules.name(spec)}{tag}",
                 "plan": list(plan), "gflops": flops.gflops_per_sample(self.model, plan, sampler),
+                "network_evals": self.model.network_evals_per_sample(**sampler), "solver": solver,
                 "mean_loops": sum(plan) / len(plan), "fixed_l": schedules.parse(spec)[0] == "constant"}
 
     def score(self, p: dict, seed: int, per_class: int, early_exit: dict | None = None) -> dict:
         """Metrics of one point at one seed and sample count (and its measured cost under early exit)."""
-        sampler = {**self.sweep.sampler, "steps": p["steps"]}
+        solver = p.get("solver") or {}
+        sampler = {**self.sweep.sampler, **solver, "steps": p["steps"]}
         ee = f"_ee{fingerprint(early_exit)[:8]}" if early_exit else ""
+        sv = f"_{solver.get('kind', '')}{fingerprint(solver)[:8]}" if solver else ""  # none: the keys of before
         # the spec's name for the reader, the plan's hash for uniqueness (a 128-step plan is no file name)
-        key = f"s{p['steps']}_{schedule_key(p['schedule'])}_{fingerprint(p['plan'])[:8]}_seed{seed}_n{per_class}{ee}"
+        key = f"s{p['steps']}_{schedule_key(p['schedule'])}_{fingerprint(p['plan'])[:8]}{sv}_seed{seed}_n{per_class}{ee}"
 
         def compute():
             stats: list = []
