@@ -75,3 +75,21 @@ def test_verdict_counts_matched_pairs_by_the_seed_spread_rule():
     noisy = [pt(4, 2, [1.0, 3.0, 2.0], 8.0), pt(8, 1, [2.0, 1.0, 3.0], 8.4)]
     assert verdict(noisy, 0.1)["answer"] == "no difference"
     assert verdict(noisy, 0.01)["answer"] == "no matched pairs in this grid"
+
+
+def test_pareto_searches_the_solver_axes(dit_run, tmp_path):
+    """pareto.solvers: every solver setting over every step count and schedule, named in the front."""
+    from elt.jobs.pareto import run_search
+
+    ckpt, cache = dit_run
+    base = [f"ckpt_path={ckpt}", f"paths.cache_dir={cache}", "eval.samples_per_class=2", "eval.batch_size=20",
+            "eval.progress=false", "eval.sampler={steps:2}", "pareto.steps=[2]", "pareto.schedules=[1,2]",
+            "pareto.seeds=[0]", "pareto.proxy_per_class=1", "pareto.candidates=0"]
+    solvers = "pareto.solvers=[{kind:ddpm},{kind:heun,spacing:logsnr}]"
+    result = run_search(compose_cfg("pareto", base + [solvers], tmp_path / "p"))
+    kinds = {(p["solver"].get("kind"), p["plan"][0], p["network_evals"]) for p in result["proxy"]}
+    assert kinds == {("ddpm", 1, 2), ("ddpm", 2, 2), ("heun", 1, 3), ("heun", 2, 3)}
+    with pytest.raises(ConfigError, match="heun needs steps >= 2"):
+        run_search(compose_cfg("pareto", base + [solvers, "pareto.steps=[1]"], tmp_path / "q"))
+    with pytest.raises(ConfigError, match="unknown sampler option"):
+        run_search(compose_cfg("pareto", base + ["pareto.solvers=[{solver:heun}]"], tmp_path / "r"))

@@ -125,6 +125,18 @@ def verdict(points: list[dict], match: float) -> dict:
     return {"answer": answer, "wins": wins, "pairs": rows, "match": match}
 
 
+def score_points(search: Search, points: list[dict], seeds: list[int], per_class: int, metric: str = "auto") -> str:
+    """Every point at every seed (cached): ``per_seed``, ``quality`` ± ``quality_std`` and measured
+    ``seconds_per_sample`` added to each point. -> the metric's name."""
+    for p in points:
+        runs = [search.score(p, seed, per_class) for seed in seeds]
+        metric = pick_metric(runs[0], metric) if metric == "auto" else metric
+        p["per_seed"] = [r[metric] for r in runs]
+        p["quality"], p["quality_std"] = mean_std(p["per_seed"])
+        p["seconds_per_sample"] = sum(r["seconds_per_sample"] for r in runs) / len(runs)
+    return metric
+
+
 def run_study(cfg: DictConfig) -> dict:
     ranks = Ranks.from_env()
     if ranks.world > 1:
@@ -139,13 +151,7 @@ def run_study(cfg: DictConfig) -> dict:
     search = Search(LoopSweep(cfg, model, train_cfg, s, sampler, device, prec, ranks, npz), out)
     points = grid(search, study, model.Lmax)
     log.info("loops x steps: %d points x %d seeds", len(points), len(seeds))
-    metric = None
-    for p in points:
-        runs = [search.score(p, seed, s.samples_per_class) for seed in seeds]
-        metric = metric or pick_metric(runs[0], str(study.metric))
-        p["per_seed"] = [r[metric] for r in runs]
-        p["quality"], p["quality_std"] = mean_std(p["per_seed"])
-        p["seconds_per_sample"] = sum(r["seconds_per_sample"] for r in runs) / len(runs)
+    metric = score_points(search, points, seeds, s.samples_per_class, str(study.metric))
     result = {"ckpt_path": str(cfg.ckpt_path), "run": train_cfg.run_name, "metric": metric, "seeds": seeds,
               "samples_per_class": s.samples_per_class, "sampler": sampler, "points": points,
               "verdict": verdict(points, float(match))}
