@@ -93,3 +93,17 @@ def test_pareto_searches_the_solver_axes(dit_run, tmp_path):
         run_search(compose_cfg("pareto", base + [solvers, "pareto.steps=[1]"], tmp_path / "q"))
     with pytest.raises(ConfigError, match="unknown sampler option"):
         run_search(compose_cfg("pareto", base + ["pareto.solvers=[{solver:heun}]"], tmp_path / "r"))
+
+
+def test_study_runs_on_maskgit_with_kinds_null(tmp_path, eval_cache):
+    """MaskGIT-ELT has no solvers: study.kinds=null grids steps x loops (and guidance) only."""
+    base = ["scale=tiny", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "N=1", "Lmax=2",
+            "trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
+            "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1",
+            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={eval_cache}"]
+    run = train(compose_cfg("train", base, tmp_path / "train"))["ckpt_path"], eval_cache
+    with pytest.raises(ConfigError, match="study.kinds=null for a model without solvers"):
+        run_study(study_cfg(run, tmp_path / "a"))
+    result = run_study(study_cfg(run, tmp_path / "b", "study.kinds=null", "study.steps=[2,4]", "study.seeds=[0]"))
+    assert {(p["steps"], p["schedule"]) for p in result["points"]} == {(2, 1), (2, 2), (4, 1), (4, 2)}
+    assert all(p["solver"] == {} for p in result["points"]) and "the model's sampler" in (tmp_path / "b/study.md").read_text()

@@ -60,7 +60,10 @@ def guidance_settings(study) -> list[dict]:
 
 def grid(search: Search, study, lmax: int) -> list[dict]:
     """Every point of the grid, checked (solver options, loop schedules) before any sampling."""
-    kinds, spacings, steps_list = _list(study, "kinds"), _list(study, "spacings"), _list(study, "steps")
+    diffusion = OmegaConf.select(study, "kinds") is not None  # null: a model without solvers (MaskGIT-ELT)
+    kinds = _list(study, "kinds") if diffusion else [None]
+    spacings = _list(study, "spacings") if diffusion else [None]
+    steps_list = _list(study, "steps")
     loops = _list(study, "loops")
     schedules.check_specs(loops, "study.loops")
     for L in loops:
@@ -70,10 +73,17 @@ def grid(search: Search, study, lmax: int) -> list[dict]:
     for kind in kinds:
         for spacing in spacings:
             for g in guidance_settings(study):
-                solver = {"kind": kind, "spacing": spacing, **g}
+                solver = {**({"kind": kind, "spacing": spacing} if diffusion else {}), **g}
+                try:
+                    search.model.sampler_config(**solver)
+                except ValueError as e:
+                    raise ConfigError(f"study: {e} (study.kinds=null for a model without solvers)") from None
                 for steps in steps_list:
+                    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                        raise ConfigError(f"study.steps must be integers >= 1, got {steps!r}")
                     try:
-                        check_options({**search.sweep.sampler, **solver, "steps": steps})
+                        if diffusion:
+                            check_options({**search.sweep.sampler, **solver, "steps": steps})
                     except ValueError as e:
                         raise ConfigError(str(e).replace("model.sampler.", "study: ")) from None
                     for L in loops:
@@ -86,7 +96,7 @@ def setting(p: dict) -> str:
     s = p["solver"]
     g = "" if "cfg_scale" not in s else f", cfg {s['cfg_scale']:g}"
     g += "" if s.get("cfg_interval") is None else f" in λ∈[{s['cfg_interval'][0]:g}, {s['cfg_interval'][1]:g}]"
-    return f"{s['kind']}, {s['spacing']} grid{g}"
+    return (f"{s['kind']}, {s['spacing']} grid" if "kind" in s else "the model's sampler") + g
 
 
 def loops_of(p: dict) -> float:
