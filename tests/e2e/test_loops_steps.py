@@ -72,6 +72,7 @@ def test_verdict_counts_matched_pairs_by_the_seed_spread_rule():
     clear = [pt(4, 2, [1.0, 1.1, 0.9], 8.0), pt(8, 1, [3.0, 3.1, 2.9], 8.0), pt(8, 2, [0.5, 0.6, 0.4], 16.0)]
     v = verdict(clear, 0.1)
     assert v["answer"] == "more loops" and v["wins"] == {"loops": 1, "steps": 0, "tie": 0}
+    assert v["by_setting"] == {"ddim, t grid": {"answer": "more loops", "wins": v["wins"]}}
     noisy = [pt(4, 2, [1.0, 3.0, 2.0], 8.0), pt(8, 1, [2.0, 1.0, 3.0], 8.4)]
     assert verdict(noisy, 0.1)["answer"] == "no difference"
     assert verdict(noisy, 0.01)["answer"] == "no matched pairs in this grid"

@@ -114,25 +114,28 @@ def matched_pairs(points: list[dict], match: float) -> list[tuple[dict, dict]]:
     return pairs
 
 
+def answer(wins: dict, n: int) -> str:
+    if not n:
+        return "no matched pairs in this grid"
+    if wins["loops"] != wins["steps"]:
+        return "more loops" if wins["loops"] > wins["steps"] else "more steps"
+    return "no difference" if not wins["loops"] else "split"
+
+
 def verdict(points: list[dict], match: float) -> dict:
-    """Counts of the matched-compute comparisons won by more loops, by more steps, and ties; the
-    answer is the side that wins more of them (``no difference`` when none counts)."""
-    rows, wins = [], {"loops": 0, "steps": 0, "tie": 0}
+    """Counts of the matched-compute comparisons won by more loops, by more steps, and ties, over
+    the grid and per solver setting; the answer is the side that wins more of them (``no
+    difference`` when none counts)."""
+    rows, wins, per = [], {"loops": 0, "steps": 0, "tie": 0}, {}
     for a, b in matched_pairs(points, match):
         c = compare(a["per_seed"], b["per_seed"])
         side = {"better": "loops", "worse": "steps", "tie": "tie"}[c["outcome"]]
         wins[side] += 1
+        per.setdefault(setting(a), {"loops": 0, "steps": 0, "tie": 0})[side] += 1
         rows.append({"setting": setting(a), "loops": a["name"], "steps": b["name"], "gflops": (a["gflops"], b["gflops"]),
                      "fd_loops": c["a"], "fd_steps": c["b"], "margin": c["margin"], "winner": side})
-    if not rows:
-        answer = "no matched pairs in this grid"
-    elif wins["loops"] > wins["steps"]:
-        answer = "more loops"
-    elif wins["steps"] > wins["loops"]:
-        answer = "more steps"
-    else:
-        answer = "no difference" if not wins["loops"] else "split"
-    return {"answer": answer, "wins": wins, "pairs": rows, "match": match}
+    by_setting = {k: {"answer": answer(w, sum(w.values())), "wins": w} for k, w in per.items()}
+    return {"answer": answer(wins, len(rows)), "wins": wins, "by_setting": by_setting, "pairs": rows, "match": match}
 
 
 def score_points(search: Search, points: list[dict], seeds: list[int], per_class: int, metric: str = "auto") -> str:
@@ -184,6 +187,10 @@ def study_markdown(result: dict) -> str:
     lines += [f"**At matched compute (GFLOPs within {v['match']:.0%}), more loops or more steps? {v['answer']}** "
               f"(comparisons won by more loops: {v['wins']['loops']}, by more steps: {v['wins']['steps']}, "
               f"ties within 2 standard errors: {v['wins']['tie']}).", ""]
+    if len(v.get("by_setting", {})) > 1:
+        lines += [grid_table(["solver", "answer", "won by more loops", "won by more steps", "ties"],
+                             [[k, b["answer"], str(b["wins"]["loops"]), str(b["wins"]["steps"]), str(b["wins"]["tie"])]
+                              for k, b in v["by_setting"].items()]), ""]
     if v["pairs"]:
         cells = [[r["setting"], r["loops"], r["steps"], f"{r['gflops'][0]:.3g} / {r['gflops'][1]:.3g}",
                   fmt(r["fd_loops"]), fmt(r["fd_steps"]), f"{r['margin']:.2f}", r["winner"]] for r in v["pairs"]]
@@ -204,7 +211,7 @@ def iso_figure(result: dict, title: str):
         pts = [p for p in result["points"] if setting(p) == name]
         for ax, by, label in ((row[0], lambda p: schedules.name(p["schedule"]), "L {}"),
                               (row[1], lambda p: p["steps"], "{} steps")):
-            for i, key in enumerate(sorted({by(p) for p in pts}, key=str)):
+            for i, key in enumerate(sorted({by(p) for p in pts}, key=lambda k: (str(type(k)), k))):
                 curve = sorted((p for p in pts if by(p) == key), key=lambda p: p["gflops"])
                 ax.errorbar([p["gflops"] for p in curve], [p["quality"] for p in curve],
                             yerr=[p["quality_std"] or 0.0 for p in curve], fmt="o-", ms=3, color=f"C{i}",
