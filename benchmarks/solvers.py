@@ -5,7 +5,7 @@ count (L = Lmax) and the same 3 sampling seeds. Target: at most 1/8 of its netwo
 Every solver of ``--kinds`` (default the second-order ones, dpmpp_2m and heun) on both grids (uniform t,
 uniform logSNR) at each step count of ``--steps`` whose network evaluations meet the target (at most
 1/8 of the baseline's; ``--all`` scores dearer ones too) is scored with the evaluation's Fréchet
-distance, mean over the seeds; the cheapest in network evaluations (then GFLOPs) whose mean is within
+distance, mean over the seeds; the cheapest in network evaluations (then GFLOPs, then FD) whose mean is within
 5% of the baseline's wins.
 Points are cached (elt.jobs.pareto.Search) in ``<out>/points``, shared with the loops x steps study
 when both use the same output folder. Writes benchmarks/results/solvers.{json,md}.
@@ -70,7 +70,7 @@ def run(name: str, ckpt: str, out: Path, steps: list[int], per_class: int, basel
     score_points(search, [base], SEEDS, s.samples_per_class, metric)
     limit = (1 + TOLERANCE) * base["quality"]
     within = [p for p in points if p["quality"] <= limit]
-    best = min(within, key=lambda p: (p["network_evals"], p["gflops"])) if within else None
+    best = min(within, key=lambda p: (p["network_evals"], p["gflops"], p["quality"])) if within else None
     ratio = None if best is None else best["network_evals"] / base["network_evals"]
     return {"name": name, "ckpt": ckpt, "run": train_cfg.run_name, "metric": metric, "loops": L, "seeds": SEEDS,
             "samples_per_class": s.samples_per_class, "cfg_scale": sampler["cfg_scale"], "baseline": base,

@@ -212,3 +212,15 @@ def test_logsnr_grid_is_uniform_and_tells_the_network_the_matching_time():
     torch.testing.assert_close(sched.logsnr(ts), lams, atol=2e-3, rtol=0)
     assert ts[0] == 1.0 and ts[-1] == 0.0
     assert math.isclose(S.SAMPLERS.index("ddpm"), 0) and set(S.SAMPLERS) == set(SOLVERS)
+
+
+def test_eval_preflight_refuses_bad_solver_settings_before_sampling():
+    from elt.evaluation.preflight import check_sampler
+    from elt.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.sampler.kind=heun needs steps >= 2"):
+        check_sampler({"kind": "heun", "steps": 1, "cfg_scale": 1.0})
+    with pytest.raises(ConfigError, match="eval.sampler.cfg_interval"):
+        check_sampler({"kind": "ddpm", "steps": 8, "cfg_scale": 2.0, "cfg_interval": [2.0, 1.0]})
+    with pytest.raises(ConfigError, match="eval.sampler.kind must be ddpm or ddim or dpmpp_2m or heun or euler_sde"):
+        check_sampler({"kind": "plms", "steps": 8})

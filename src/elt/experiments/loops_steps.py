@@ -203,6 +203,7 @@ def iso_figure(result: dict, title: str):
     """FD against GFLOPs per solver setting: left one curve per loop count (steps vary along it),
     right one curve per step count (loops vary along it); error bars are the seeds' std."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     settings = sorted({setting(p) for p in result["points"]})
     fig = Figure(figsize=(9.5, 3.2 * len(settings)))
@@ -217,6 +218,7 @@ def iso_figure(result: dict, title: str):
                             yerr=[p["quality_std"] or 0.0 for p in curve], fmt="o-", ms=3, color=f"C{i}",
                             label=label.format(key))
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow decade labels its minor ticks otherwise
             ax.set_xlabel("GFLOPs per sample")
             ax.set_ylabel(result["metric"])
             ax.grid(alpha=0.3)
