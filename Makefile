@@ -32,6 +32,7 @@ help: ## this list: every make target and command-line tool, one line each
 		"python -m elt.experiments.report" "table | compare | wandb: paper tables, cross-run comparisons, a study's W&B Report" \
 		"python -m elt.experiments.stage_one" "vq | kl: train a small stage-one tokenizer / autoencoder on Fashion-MNIST" \
 		"python -m elt.experiments.context <ckpt>" "held-out loss on masked tokens per mask ratio and loop count" \
+		"python -m elt.experiments.loops_steps" "loops x steps x solver grid: at matched compute, more loops or more steps?" \
 		"python benchmarks/<name>.py" "timings and memory (make bench, table-throughput and anytime run them)"
 
 install: $(STAMP) ## create .venv and install the exact tested set (requirements.lock) and the package (make alone does this)

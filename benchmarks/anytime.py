@@ -52,18 +52,27 @@ WALL_PAIRS, WALL_PER_CLASS = 5, 2  # early exit's wall time: 5 interleaved off/o
 # videos cost 4-9x more per sample (the DiT ~2 s per video at L=4 on this CPU): fewer schedules
 VIDEO_SCHEDULES = "[1,2,3,4,linear:4-1,linear:1-4,step:4-1,step:4-2,change:2,change:3]"
 VIDEO_DIT_SCHEDULES = "[1,2,3,4,linear:1-4,step:1-4,step:2-4,change:2.5]"
+# --solver-axes: the any-time search over the diffusion solver too (pareto.solvers), with the few steps
+# a second-order solver needs
+SOLVER_AXES = "[{kind:ddpm},{kind:dpmpp_2m,spacing:logsnr}]"
+SOLVER_STEPS = [16, 32]
+# DiT's state criterion (no extra heads) on the backbone state's relative change: 0.13-0.31 (10-90%) between
+# loops on the digits checkpoint, an order above rel's
+STATE_TAUS = [0.08, 0.1, 0.13, 0.16, 0.2, 0.25]
 # steps searched (the config's K and around it; the budget drops what costs more than L = Lmax at K),
 # samples per class for the real metric and the proxy, τ grid of the family's criterion
 CHECKPOINTS = {
     "digits_maskgit": dict(steps=[8, 12, 16, 24, 32], per_class=20, proxy=5, candidates=4,
                            exits={"commit": [1e-6, 0.05, 0.1, 0.2, 0.34]}),
     "digits_dit": dict(steps=[64, 96, 128, 192], per_class=20, proxy=3, candidates=3,
-                       exits={"rel": [0.01, 0.02, 0.03, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03, 0.05]}),
+                       exits={"rel": [0.01, 0.02, 0.03, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03, 0.05],
+                              "state": STATE_TAUS}),
     # videos cost 4-9x more per sample: fewer steps, schedules and samples on a 2-core CPU
     "moving_digits_maskgit": dict(steps=[12, 24, 36], per_class=8, proxy=2, candidates=2, schedules=VIDEO_SCHEDULES,
                                   exits={"commit": [1e-6, 0.1, 0.2, 0.34]}),
     "moving_digits_dit": dict(steps=[32, 64], per_class=6, proxy=2, candidates=1, schedules=VIDEO_DIT_SCHEDULES,
-                              exits={"rel": [0.02, 0.03, 0.04, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03]}),
+                              exits={"rel": [0.02, 0.03, 0.04, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03],
+                                     "state": STATE_TAUS}),
 }
 
 
@@ -74,7 +83,8 @@ def config(name: str, spec: dict, budget: float | None, extra=()):
                  "eval.progress=false", f"eval.samples_per_class={spec['per_class']}", f"pareto.proxy_per_class={spec['proxy']}",
                  "pareto.steps=[" + ",".join(map(str, spec["steps"])) + "]", "pareto.seeds=[" + ",".join(map(str, SEEDS)) + "]",
                  f"pareto.candidates={spec['candidates']}", *([f"pareto.schedules={spec['schedules']}"] if "schedules" in spec else []),
-                 *([f"budget.gflops={budget}"] if budget else []), *extra]
+                 *([f"budget.gflops={budget}"] if budget else []),
+                 *([f"pareto.solvers={spec['solvers']}"] if "solvers" in spec else []), *extra]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="pareto", overrides=overrides, return_hydra_config=True)
@@ -294,7 +304,15 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only re-render the tables and figures from anytime.json")
     ap.add_argument("--exit-only", default=None, help="only (re)measure early exit with this criterion, added to --only's entries")
     ap.add_argument("--wall-pairs", action="store_true", help="only (re)measure early exit's wall time (interleaved pairs)")
+    ap.add_argument("--solver-axes", action="store_true",
+                    help="DiT: search the solver axes too (SOLVER_AXES: ddpm and dpmpp_2m on the logSNR grid, and "
+                         "SOLVER_STEPS added to the steps); not the grid of the committed results")
     args = ap.parse_args()
+    if args.solver_axes:
+        for name, spec in CHECKPOINTS.items():
+            if name.endswith("_dit"):
+                spec["steps"] = sorted(set(spec["steps"]) | set(SOLVER_STEPS))
+                spec["solvers"] = SOLVER_AXES
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     path = ROOT / "benchmarks/results/anytime.json"
     results = json.loads(path.read_text()) if path.is_file() else {}

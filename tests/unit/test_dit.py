@@ -5,10 +5,13 @@ import pytest
 import torch
 
 from elt.core import diffusion as D
+from elt.core import flops
+from elt.core.flops import solver_evaluations
 from elt.models import DiTELT
+from elt.samplers import diffusion as S
 from elt.core.positions import sincos_1d, sincos_2d
 from elt.encoders.tokenizers import PixelAutoencoder
-from support.models import CallCounter, digits_batch, randomise_zero_init, tiny_dit
+from support.models import CallCounter, digits_batch, random_dit, randomise_zero_init, tiny_dit
 
 
 # ---- DiT family fidelity ------------------------------------------------------------------------
@@ -96,7 +99,7 @@ def test_ilsd_step_is_finite_and_distillation_is_the_weighted_mse_to_the_teacher
 
 
 # ---- sampling ------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("kind", S.SAMPLERS)
 def test_sampler_shape_range_and_determinism(kind):
     model = tiny_dit().eval()
     randomise_zero_init(model)
@@ -106,6 +109,40 @@ def test_sampler_shape_range_and_determinism(kind):
     assert a.shape == (4, 1, 8, 8) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, run(7)) and not torch.equal(a, run(8))
     assert not torch.equal(run(7, loops=1), run(7, loops=3))
+
+
+@pytest.mark.parametrize("kind", S.SAMPLERS)
+def test_every_solver_runs_loop_schedules_early_exit_and_the_guidance_interval(kind):
+    """Per-evaluation stats: Heun's two evaluations of a step share its schedule entry; under early
+    exit no sample runs more than its step's entry; outside the guidance interval one pass."""
+    model = random_dit(Lmax=3).eval()
+    y = torch.arange(3)
+    steps, plan = 4, [3, 1, 2, 3]
+    stats: dict = {}
+    kw = dict(kind=kind, steps=steps, spacing="logsnr", cfg_scale=2.0, cfg_interval=[-4.0, 4.0])
+    out = model.sample(y, plan, generator=torch.Generator().manual_seed(0), stats=stats, **kw)
+    assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
+    evals = solver_evaluations(kind, steps)
+    assert stats["loops"].shape == (3, len(evals))
+    assert stats["loops"][0].tolist() == [plan[k] for k, _ in evals]
+    lams = D.step_grid(model.schedule, steps, "logsnr")[1].tolist()  # -15, -7.5, 0, 7.5, 15: one inside
+    assert [p for _, p in flops.evaluations(model, kw)] == [2 if -4 <= lams[j] <= 4 else 1 for _, j in solver_evaluations(kind, steps)]
+    assert model.network_evals_per_sample(**kw) == len(evals) + (2 if kind == "heun" else 1)
+    ee: dict = {}
+    model.sample(y, plan, generator=torch.Generator().manual_seed(0), stats=ee, early_exit={"tau": 0.5}, **kw)
+    assert ee["loops"].shape == stats["loops"].shape and (ee["loops"] <= stats["loops"]).all()
+    with pytest.raises(ValueError, match="lo <= hi"):
+        model.sample(y, 2, **{**kw, "cfg_interval": [1.0, 0.0]})
+
+
+def test_guidance_interval_applies_guidance_only_inside_it():
+    model = random_dit().eval()
+    y = torch.arange(4)
+    run = lambda **kw: model.sample(y, 2, generator=torch.Generator().manual_seed(3), kind="ddim", steps=5, **kw)  # noqa: E731
+    everywhere = run(cfg_scale=3.0)
+    assert torch.equal(run(cfg_scale=3.0, cfg_interval=[-100.0, 100.0]), everywhere)
+    assert torch.equal(run(cfg_scale=3.0, cfg_interval=[40.0, 50.0]), run(cfg_scale=1.0))
+    assert not torch.equal(run(cfg_scale=3.0, cfg_interval=[-5.0, 5.0]), everywhere)
 
 
 def test_guidance_scale_zero_is_the_unconditional_model():

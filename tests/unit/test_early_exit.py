@@ -48,7 +48,8 @@ def test_tau_zero_is_the_plain_sampler_and_a_huge_tau_is_min_loops(name, cfg):
     assert stats["loops"].eq(2).all() and stats["heads"].eq(2).all()
 
 
-@pytest.mark.parametrize("name,criterion", [("maskgit", "commit"), ("maskgit", "kl"), ("dit", "rel"), ("dit", "noise")])
+@pytest.mark.parametrize("name,criterion", [("maskgit", "commit"), ("maskgit", "kl"), ("dit", "rel"), ("dit", "noise"),
+                                            ("dit", "state")])
 def test_the_batch_shrinks_as_samples_exit(name, criterion):
     model = family(name, Lmax=4)
     probe = EarlyExit(tau=0.0, criterion=criterion, record=[])
@@ -65,6 +66,19 @@ def test_the_batch_shrinks_as_samples_exit(name, criterion):
     assert sum(sizes) == int(ran.sum())  # every block application is one sample-loop actually run
     assert ran.min() >= 2 and ran.max() <= 4 and 2 < ran.float().mean() < 4
     assert len(set(sizes)) > 1 and max(sizes) == 30 and min(sizes) < 30  # rows left between loops
+    if criterion == "state":  # decided on backbone states: one head per sample and step, at its exit
+        assert stats["heads"].eq(1).all()
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_state_criterion_exits_with_the_prediction_of_its_exit(cfg):
+    """A sample that leaves after loop l gets exactly the plain sampler's loop-l prediction: with a
+    huge τ every sample leaves at min_loops, which is the plain sampler at that loop count."""
+    model = family("dit", Lmax=4)
+    stats = {}
+    rule = {"tau": 1e9, "criterion": "state", "min_loops": 3}
+    assert torch.equal(run(model, rule, loops=4, cfg=cfg, stats=stats), run(model, None, loops=3, cfg=cfg))
+    assert stats["loops"].eq(3).all() and stats["heads"].eq(1).all()
 
 
 def test_bad_early_exit_settings_are_named():

@@ -269,6 +269,26 @@ def test_gflops_per_sample_counts_every_step_loop_and_guidance_maskgit(cfg_scale
     assert gflops_per_sample(model, 2, sampler) * 1e9 == pytest.approx(counted, rel=0.03)
 
 
+@pytest.mark.parametrize("kind,interval", [("heun", None), ("heun", [-3.0, 3.0]), ("dpmpp_2m", [-3.0, 3.0]),
+                                           ("euler_sde", [20.0, 30.0]), ("ddpm", [-20.0, 20.0])])
+def test_gflops_per_sample_counts_every_solver_evaluation_and_the_guidance_interval(kind, interval):
+    """Heun's 2 evaluations a step (the last step 1), guidance doubled only inside the interval, a
+    loop plan per step: the analytic count against the flop counter over a whole sample()."""
+    from elt.models.dit import DiTELT
+    from elt.encoders.tokenizers import PixelAutoencoder
+
+    torch.manual_seed(0)
+    model = DiTELT(PixelAutoencoder((1, 8, 8)), num_classes=10, N=2, Lmax=3, width=32, heads=2, mlp_dim=64).eval()
+    sampler = model.sampler_config(kind=kind, steps=4, spacing="logsnr", cfg_scale=3.0, cfg_interval=interval)
+    for loops in (3, [1, 3, 2, 2]):
+        counted = counted_flops(model, loops=loops, **sampler)
+        assert gflops_per_sample(model, loops, sampler) * 1e9 == pytest.approx(counted, rel=0.03)
+    passes = {None: 14, (-3.0, 3.0): 9, (20.0, 30.0): 4, (-20.0, 20.0): 8}[None if interval is None else tuple(interval)]
+    if kind != "heun":
+        passes = {(-3.0, 3.0): 5, (20.0, 30.0): 4, (-20.0, 20.0): 8}[tuple(interval)]
+    assert model.network_evals_per_sample(**sampler) == passes
+
+
 def test_gflops_per_sample_counts_every_step_loop_and_guidance_dit():
     from elt.models.dit import DiTELT
     from elt.encoders.tokenizers import PixelAutoencoder

@@ -33,3 +33,22 @@ def test_seconds_budget_uses_a_fitted_wall_clock():
     assert choice.plan == (model.Lmax,) * 4  # a minute buys the most expensive default candidate
     with pytest.raises(BudgetError, match="budget.seconds=1e-09 is below the cheapest option"):
         choose(model, sampler, seconds=1e-9, n=4)
+
+
+def test_budgets_count_every_solver_evaluation_and_the_guidance_interval():
+    """Heun's 2K − 1 evaluations and the guidance interval reach both budgets: the GFLOPs of a
+    candidate and the wall clock's prediction (fitted on single evaluations, Heun's timed as DDIM's)."""
+    from elt.core import flops
+    from elt.samplers.budget import WallClock
+    from support.models import random_dit
+
+    model = random_dit().eval()
+    heun = model.sampler_config(kind="heun", steps=4, cfg_scale=1.0)
+    choice = choose(model, heun, gflops=1e9)
+    assert choice.gflops == pytest.approx(model.flops_per_eval(choice.plan[0]) * (2 * choice.steps - 1) / 1e9)
+    clock = WallClock(model, heun, 2)
+    assert clock.seconds([2] * 4) == pytest.approx(7 * (clock.a + 2 * clock.b))
+    outside = model.sampler_config(kind="ddim", steps=4, cfg_scale=2.0, cfg_interval=[50.0, 60.0])
+    clock = WallClock(model, outside, 2)  # timed guided; no evaluation lies inside the interval
+    assert clock.seconds([2] * 4) == pytest.approx(4 * (clock.a + 2 * clock.b) / 2)
+    assert flops.gflops_per_sample(model, 2, outside) == pytest.approx(4 * model.flops_per_eval(2) / 1e9)

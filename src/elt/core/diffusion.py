@@ -4,11 +4,13 @@ Variance preserving: z_t = α_t·x0 + σ_t·ε with α² = sigmoid(λ), σ² = s
 Time t ∈ [0, 1] runs from clean (λ_max) to noise (λ_min). The schedule is the shifted cosine of
 "simple diffusion" / SiD2 (Hoogeboom et al.), the loss their sigmoid-weighted MSE. Everything is a
 small pure function of λ so the same code serves pixels and latents of any shape; the tests check it
-on analytic cases. The samplers (ancestral DDPM, deterministic DDIM) are ``elt.samplers.diffusion``.
+on analytic cases. ``step_grid`` is the time / logSNR grid every sampler walks (``elt.samplers.diffusion``
+holds the solvers; ``elt.core.flops`` counts their evaluations on the same grid).
 
 Why not diffusers' schedulers: they are organised around discrete DDPM timesteps and β tables,
 while the recipe here is continuous-time in λ (shift, truncation, Jacobian weighting); process and
-samplers together are ~200 lines and the project avoids a heavy dependency for them.
+solvers together are a few hundred lines, and tests/unit/test_solvers.py checks the solvers'
+trajectories against diffusers' DDIM, DPM-Solver++ and Heun schedulers on the same logSNR grid.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import math
 import torch
 
 PREDICTIONS = ("x0", "eps", "v")
+SPACINGS = ("t", "logsnr")  # sampler.spacing: the step grid is uniform in t, or uniform in logSNR
 
 
 class ShiftedCosineSchedule:
@@ -47,9 +50,29 @@ class ShiftedCosineSchedule:
         lam = -2.0 * torch.log(torch.tan(self._u(t))) + self.shift
         return lam.clamp(self.logsnr_min, self.logsnr_max)  # float32 rounding at the ends only
 
+    def t_of(self, logsnr: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``logsnr``: the time the network is told for a grid placed in logSNR."""
+        u = torch.atan(torch.exp(-0.5 * (logsnr.double() - self.shift)))
+        return ((u - self.u_min) / (self.u_max - self.u_min)).clamp(0.0, 1.0).float()
+
     def dlogsnr_dt(self, t: torch.Tensor) -> torch.Tensor:
         """dλ/dt (negative): d/du[−2 log tan u] = −4 / sin 2u."""
         return -4.0 * (self.u_max - self.u_min) / torch.sin(2.0 * self._u(t))
+
+
+def step_grid(schedule: ShiftedCosineSchedule, steps: int, spacing: str = "t",
+              device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, λ) of the ``steps`` + 1 grid points of a sampling run, from noise (t = 1, λ_min) to clean.
+
+    ``t``: uniform in time (the paper's grid: most steps where the cosine is flat in λ, at both ends);
+    ``logsnr``: uniform in λ (DPM-Solver's grid for few steps: equal exponential-integrator steps)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"model.sampler.spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "t":
+        ts = torch.linspace(1.0, 0.0, steps + 1, device=device)
+        return ts, schedule.logsnr(ts)
+    lams = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, steps + 1, device=device)
+    return schedule.t_of(lams), lams
 
 
 def alpha_sigma(logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

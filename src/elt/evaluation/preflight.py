@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from elt.runtime.config import ConfigError
-from elt.samplers.diffusion import SAMPLERS
+from elt.samplers.diffusion import SAMPLERS, check_options
 
 
 def require_creatable_dir(path, key: str) -> None:
@@ -57,4 +57,9 @@ def check_sampler(sampler: dict) -> dict:
     for key, (ok, want) in checks.items():
         if key in sampler and not ok(sampler[key]):
             raise ConfigError(f"eval.sampler.{key} must be {want}, got {sampler[key]!r}")
+    if "kind" in sampler:  # a diffusion solver: its own rules (spacing, guidance interval, heun's steps)
+        try:
+            check_options(sampler)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("model.sampler.", "eval.sampler.")) from None
     return sampler

@@ -1,4 +1,4 @@
-"""Pareto search over sampling steps × loop schedules under a GFLOPs budget.
+"""Pareto search over sampling steps × loop schedules (× solvers) under a GFLOPs budget.
 
     python -m elt.jobs.pareto ckpt_path=<run>/checkpoints/last.ckpt budget.gflops=<max> [pareto.seeds=[0,1,2]]
 
@@ -8,6 +8,8 @@ on ``pareto.proxy_per_class`` samples per class at the first seed. The proxy's P
 every step, at the checkpoint's own step count) then get the real metric: ``eval.samples_per_class``
 per class at every seed of ``pareto.seeds``, mean ± std. The front of those is written as
 ``front.{json,md}`` and ``front.png`` (quality against GFLOPs/sample, fixed-L points marked).
+``pareto.solvers`` adds the diffusion solver's axes: a list of sampler overrides (kind, spacing,
+cfg_scale, cfg_interval), each searched over every step count and schedule.
 Every scored point is cached in ``points/`` under a hash of what determines it, so an interrupted
 or widened search resumes (the same semantics as eval.py's ``loops/``).
 
@@ -37,6 +39,7 @@ from elt.runtime.config import ConfigError
 from elt.runtime.distributed import Ranks
 from elt.runtime.files import fingerprint, write_text_atomic
 from elt.samplers.budget import CALIBRATION_SEED, resolve_schedule, run_lengths
+from elt.samplers.diffusion import check_options
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +88,26 @@ class Search:
         self.cache = RowCache(Path(out_dir) / "points", fingerprint({**sweep.common, "pareto": 1}))
         self.ranks = Ranks()
 
-    def point(self, steps: int, spec) -> dict:
-        sampler = {**self.sweep.sampler, "steps": int(steps)}
+    def point(self, steps: int, spec, solver: dict | None = None) -> dict:
+        """One candidate; ``solver``: sampler overrides besides the steps (kind, spacing, cfg_scale,
+        cfg_interval), the any-time search's and the loops x steps study's other axes."""
+        solver = dict(solver or {})
+        sampler = {**self.sweep.sampler, **solver, "steps": int(steps)}
         plan = resolve_schedule(self.model, spec, sampler)
-        return {"steps": int(steps), "schedule": spec, "name": f"{steps} steps, {schedules.name(spec)}",
+        tag = "".join(f", {k}={v}" for k, v in solver.items())
+        return {"steps": int(steps), "schedule": spec, "name": f"{steps} steps, {schedules.name(spec)}{tag}",
                 "plan": list(plan), "gflops": flops.gflops_per_sample(self.model, plan, sampler),
+                "network_evals": self.model.network_evals_per_sample(**sampler), "solver": solver,
                 "mean_loops": sum(plan) / len(plan), "fixed_l": schedules.parse(spec)[0] == "constant"}
 
     def score(self, p: dict, seed: int, per_class: int, early_exit: dict | None = None) -> dict:
         """Metrics of one point at one seed and sample count (and its measured cost under early exit)."""
-        sampler = {**self.sweep.sampler, "steps": p["steps"]}
+        solver = p.get("solver") or {}
+        sampler = {**self.sweep.sampler, **solver, "steps": p["steps"]}
         ee = f"_ee{fingerprint(early_exit)[:8]}" if early_exit else ""
+        sv = f"_{solver.get('kind', '')}{fingerprint(solver)[:8]}" if solver else ""  # none: the keys of before
         # the spec's name for the reader, the plan's hash for uniqueness (a 128-step plan is no file name)
-        key = f"s{p['steps']}_{schedule_key(p['schedule'])}_{fingerprint(p['plan'])[:8]}_seed{seed}_n{per_class}{ee}"
+        key = f"s{p['steps']}_{schedule_key(p['schedule'])}_{fingerprint(p['plan'])[:8]}{sv}_seed{seed}_n{per_class}{ee}"
 
         def compute():
             stats: list = []
@@ -174,13 +184,29 @@ def run_search(cfg: DictConfig) -> dict:
     sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, prec, ranks, npz)
     search = Search(sweep, out)
 
+    solvers = [OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+               for x in _list(cfg, "pareto.solvers", [None])]
+    for solver in solvers:
+        if solver is not None and not isinstance(solver, dict):
+            raise ConfigError(f"pareto.solvers entries must be mappings like {{kind: dpmpp_2m, spacing: logsnr}}, got {solver!r}")
+        try:
+            model.sampler_config(**(solver or {}))
+        except ValueError as e:
+            raise ConfigError(f"pareto.solvers: {e}") from None
     grid, seen = [], set()
-    for steps in steps_list:
-        for spec in specs:
-            p = search.point(steps, spec)
-            if (p["steps"], tuple(p["plan"])) not in seen:  # e.g. linear:1-4 over 4 steps is [1,2,3,4]
-                seen.add((p["steps"], tuple(p["plan"])))
-                grid.append(p)
+    for solver in solvers:
+        for steps in steps_list:
+            if solver is not None:
+                try:
+                    check_options({**sampler, **solver, "steps": steps})
+                except ValueError as e:
+                    raise ConfigError(f"pareto.solvers: {e}") from None
+            for spec in specs:
+                p = search.point(steps, spec, solver)
+                ident = (json.dumps(solver, sort_keys=True), p["steps"], tuple(p["plan"]))
+                if ident not in seen:  # e.g. linear:1-4 over 4 steps is [1,2,3,4]
+                    seen.add(ident)
+                    grid.append(p)
     paper = [search.point(int(sampler["steps"]), L) for L in range(1, model.Lmax + 1)]
     within = [p for p in grid if budget is None or p["gflops"] <= budget]
     if not within:
@@ -245,7 +271,8 @@ def front_table(result: dict) -> str:
     lines = [f"**{result['run']}**: Pareto front of {m} (mean ± std over seeds {result['seeds']}, "
              f"{result['samples_per_class']} samples per class) against GFLOPs/sample"
              + (f" within {result['budget_gflops']:g}" if result["budget_gflops"] else "") + ".", ""]
-    cells = [[str(p["steps"]), schedules.name(p["schedule"]), run_lengths(p["plan"]), f"{p['gflops']:.4g}",
+    cells = [[str(p["steps"]), schedules.name(p["schedule"]) + "".join(f", {k}={v}" for k, v in (p.get("solver") or {}).items()),
+              run_lengths(p["plan"]), f"{p['gflops']:.4g}",
               f"{p['quality']:.4g} ± {p['quality_std']:.2g}", f"{p['seconds_per_sample']:.3g}",
               "yes" if p["on_front"] else "", "yes" if p["paper"] else ""] for p in result["scored"]]
     table = grid_table(["steps", "schedule", "loops per step", "GFLOPs/sample", m, "s/sample", "front", "paper fixed-L"],

@@ -7,7 +7,7 @@ on c = timestep embedding + class embedding (null class = index num_classes, 10%
 an adaLN final layer and unpatchify. Here the blocks are ``LoopedBackbone(cond_dim=width)``: the
 modulation is computed from c once per network evaluation and reused by every loop, and the final
 layer is shared by every exit (ILSD's student and teacher). The process (shifted-cosine logSNR,
-x0-prediction, sigmoid-weighted MSE) lives in ``elt.core.diffusion``, the DDPM/DDIM samplers in
+x0-prediction, sigmoid-weighted MSE) lives in ``elt.core.diffusion``, the solvers in
 ``elt.samplers.diffusion``; EMA weights live in this module's state_dict and sample by default.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from elt.core import diffusion as D
+from elt.core import flops
 from elt.core.backbone import LoopedBackbone, modulate
 from elt.core.ema import EMA
 from elt.core.positions import sincos_positions
@@ -39,8 +40,10 @@ def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM, max_period: fl
 
 class DiTELT(LoopedGenerativeModule):
     DEFAULT_SAMPLER = dict(
-        kind="ddpm",  # ddpm (ancestral) | ddim (deterministic, for fast previews)
+        kind="ddpm",  # ddpm (ancestral, the paper's) | ddim | dpmpp_2m | heun | euler_sde (elt.samplers.diffusion)
         steps=512,  # paper: 512 DDPM steps
+        spacing="t",  # the step grid: uniform in t | logsnr
+        cfg_interval=None,  # [lo, hi]: guide only evaluations whose logSNR lies inside; None = every one
         cfg_scale=3.0,  # guided = uncond + s·(cond − uncond): 1 = plain conditional, 0 = unconditional
         clip_x0=None,  # clamp x̂0 to ±clip_x0 each step (pixel data lives in [−1, 1]); None = off
         ema=True,  # sample from the EMA weights (when the model keeps them)
@@ -173,6 +176,10 @@ class DiTELT(LoopedGenerativeModule):
         final = 2.0 * width * 2 * width + 2.0 * seq * width * volume * self.out_channels
         return self.backbone.flops(seq, loops) + patch + time_mlp + final
 
+    def network_evals_per_sample(self, **overrides) -> int:
+        """Passes of one sample: the solver's evaluations, two where guided (elt.core.flops.evaluations)."""
+        return sum(p for _, p in flops.evaluations(self, overrides))
+
     def flops_per_exit(self) -> float:
         """The final layer once (its modulation included): what every extra exit read out costs."""
         seq, width = math.prod(self.grid), self.backbone.width
@@ -219,6 +226,6 @@ class DiTELT(LoopedGenerativeModule):
 
     def sample(self, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                progress: bool = False, early_exit=None, stats: dict | None = None, **overrides) -> torch.Tensor:
-        """Ancestral DDPM (or DDIM) from pure noise (elt.samplers.diffusion.sample)."""
+        """Samples from pure noise with the configured solver (elt.samplers.diffusion.sample)."""
         return sampling.sample(self, labels, loops, generator=generator, progress=progress,
                                early_exit=early_exit, stats=stats, **overrides)

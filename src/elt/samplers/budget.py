@@ -46,7 +46,8 @@ def change_profile(model, sampler: dict, max_loops: int | None = None, per_class
         rule = EarlyExit(tau=0.0, record=[])
         gen = torch.Generator(device=model.device).manual_seed(seed)
         model.sample(calibration_labels(model.num_classes, per_class), loops=cap, generator=gen, early_exit=rule, **sampler)
-        _PROFILES[key] = rule.record
+        steps = [k for k, _ in flops.evaluations(model, sampler)]  # a step evaluated twice (Heun): its first
+        _PROFILES[key] = [rec for e, rec in enumerate(rule.record) if e == 0 or steps[e] != steps[e - 1]]
     return _PROFILES[key]
 
 
@@ -113,7 +114,9 @@ def read_front(path) -> list[dict]:
 
 class WallClock:
     """Predicts the wall seconds of a plan for n samples from two timed network evaluations at
-    batch n (1 and 2 loops): seconds = Σ_k (a + b·L_k). The fit is per machine and batch size."""
+    batch n (1 and 2 loops, guided wherever the sampler guides at all): seconds = Σ_e (a + b·L_e)
+    over the solver's network evaluations e (``flops.evaluations``), halved for an evaluation
+    outside the guidance interval. The fit is per machine and batch size."""
 
     def __init__(self, model, sampler: dict, n: int):
         self.model, self.sampler, self.n = model, sampler, n
@@ -123,7 +126,9 @@ class WallClock:
     def _time(self, loops: int) -> float:
         gen = torch.Generator(device=self.model.device).manual_seed(CALIBRATION_SEED)
         labels = calibration_labels(self.model.num_classes, math.ceil(self.n / self.model.num_classes))[: self.n]
-        one = {**self.sampler, "steps": 1}
+        one = {**self.sampler, "steps": 1, **({"cfg_interval": None} if "cfg_interval" in self.sampler else {})}
+        if one.get("kind") == "heun":  # one Heun step is refused; its evaluations cost what DDIM's do
+            one["kind"] = "ddim"
         self.model.sample(labels, loops=loops, generator=gen, **one)  # warm-up
         t0 = time.perf_counter()
         self.model.sample(labels, loops=loops, generator=gen, **one)
@@ -135,7 +140,9 @@ class WallClock:
         return max(t1 - b, 0.0), b
 
     def seconds(self, plan) -> float:
-        return sum(self.a + self.b * L for L in plan)
+        evals = flops.evaluations(self.model, {**self.sampler, "steps": len(plan)})
+        full = flops.evals_per_step(self.sampler.get("cfg_scale", 1.0))
+        return sum((self.a + self.b * plan[k]) * passes / full for k, passes in evals)
 
 
 def choose(model, sampler: dict, gflops: float | None = None, seconds: float | None = None, front=None,

@@ -26,8 +26,9 @@ class EarlyExit:
 
     criterion: MaskGIT ``commit`` (share of the tokens this step would commit that change between
     the exits; the step's Gumbel noise is fixed first, so agreement is exact) or ``kl`` (mean KL of
-    the token distributions over still-masked positions); DiT ``rel`` (‖x̂0_l − x̂0_{l−1}‖/‖x̂0_l‖) or
-    ``noise`` (DDPM: the RMS change of the step's posterior mean in units of the noise it adds).
+    the token distributions over still-masked positions); DiT ``rel`` (‖x̂0_l − x̂0_{l−1}‖/‖x̂0_l‖),
+    ``noise`` (DDPM: the RMS change of the step's posterior mean in units of the noise it adds) or
+    ``state`` (‖h_l − h_{l−1}‖/‖h_l‖ of the backbone state: no head is read but the one at the exit).
     ``min_loops``: the earliest exit (≥ 2: loop 1 has nothing to compare with). ``record``: a list
     to which every step appends the batch-mean distance at each loop (profiling, no exits if tau=0).
     """
@@ -37,7 +38,7 @@ class EarlyExit:
     min_loops: int = 2
     record: list | None = None
 
-    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise")}
+    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise", "state")}
 
     def __post_init__(self):
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 0:
@@ -80,6 +81,8 @@ def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     tau=0 and nothing is recorded, which is then ``guided_predict`` exactly).
     -> (prediction [B, ...], loops run [B], heads read [B])."""
     post = post or guidance.as_float
+    if getattr(distance, "on_state", False):
+        return state_exit_predict(model, inputs, loops, cfg_scale, rule, distance, post)
     b, pair = len(inputs["labels"]), evals_per_step(cfg_scale)
     feed = guidance.guidance_batch(inputs, cfg_scale, model.num_classes)
     x, cond = model.embed(feed)
@@ -125,25 +128,78 @@ def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     return out, ran, heads
 
 
-class StepLoops:
-    """The loops of every sampling step: the schedule's entry (``loops``: an int or a loop schedule,
-    elt.core.schedules), or under early exit as many as each sample needs up to it. Counts the loops
-    each sample ran and the heads it read per step, which ``report`` hands to a sampler's ``stats``."""
+def state_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: EarlyExit, distance, post):
+    """``early_exit_predict`` deciding on the backbone states: after loop l ≥ ``rule.min_loops`` a
+    sample whose state changed by less than τ leaves, and the head is read once, at its exit.
+    Under guidance a sample's state is its conditional and null-class rows together."""
+    b, pair = len(inputs["labels"]), evals_per_step(cfg_scale)
+    feed = guidance.guidance_batch(inputs, cfg_scale, model.num_classes)
+    x, cond = model.embed(feed)
+    x0, mods, bb = x, model.backbone.modulations(cond), model.backbone
+    dev = x.device
+    active = torch.arange(b, device=dev)
+    ran = torch.zeros(b, dtype=torch.long, device=dev)
+    out, prev, trace = None, None, []
 
-    def __init__(self, loops, steps: int, early_exit, family: str, batch: int, device):
+    def read(rows, idx):
+        nonlocal out
+        sub = {k: v[rows] for k, v in feed.items()}
+        pred = guidance.combine(post(model.readout(x[rows], None if cond is None else cond[rows]), sub), cfg_scale)
+        if out is None:
+            out = torch.empty((b, *pred.shape[1:]), dtype=pred.dtype, device=dev)
+        out[idx] = pred
+
+    for loop in range(1, int(loops) + 1):
+        x = bb.apply_loop(x, loop, mods, x0)
+        ran[active] += 1
+        last = loop == int(loops)
+        if prev is not None and loop >= rule.min_loops and (not last or rule.record is not None):
+            dist = distance(prev, x, active)
+            if rule.record is not None:
+                trace.append(float(dist.float().mean()))
+            done = dist < rule.tau
+            if not last and done.any():
+                read(done.repeat(pair), active[done])
+                keep = ~done
+                rows = keep.repeat(pair)
+                active, x, x0, mods = active[keep], x[rows], x0[rows], bb.select_mods(mods, rows)
+                cond = None if cond is None else cond[rows]
+                feed = {k: v[rows] for k, v in feed.items()}
+                if not len(active):
+                    break
+        if last:
+            read(torch.ones(len(x), dtype=torch.bool, device=dev), active)
+            break
+        if rule.tau > 0 or rule.record is not None:
+            prev = x
+    if rule.record is not None:
+        rule.record.append(trace)
+    return out, ran, torch.ones(b, dtype=torch.long, device=dev)
+
+
+class StepLoops:
+    """The loops of every network evaluation: its step's schedule entry (``loops``: an int or a loop
+    schedule, elt.core.schedules), or under early exit as many as each sample needs up to it. Counts
+    the loops each sample ran and the heads it read per evaluation (``evals``: the step of each, for
+    solvers that evaluate a step more than once; default one per step), which ``report`` hands to a
+    sampler's ``stats``."""
+
+    def __init__(self, loops, steps: int, early_exit, family: str, batch: int, device, evals=None):
         self.plan = schedules.resolve(loops, steps)
         self.rule = EarlyExit.from_spec(early_exit)
         self.criterion = self.rule.criterion_for(family) if self.rule is not None else None
-        self.ran = torch.zeros(batch, steps, dtype=torch.long, device=device)
-        self.heads = torch.ones(batch, steps, dtype=torch.long, device=device)
+        self.step_of = list(range(steps)) if evals is None else list(evals)
+        self.ran = torch.zeros(batch, len(self.step_of), dtype=torch.long, device=device)
+        self.heads = torch.ones(batch, len(self.step_of), dtype=torch.long, device=device)
 
-    def predict(self, model, k: int, inputs: dict, cfg_scale: float, distance, post=None) -> torch.Tensor:
-        """Step ``k``'s guided prediction; ``distance`` is the family's criterion (used under early exit)."""
+    def predict(self, model, e: int, inputs: dict, cfg_scale: float, distance, post=None) -> torch.Tensor:
+        """Evaluation ``e``'s guided prediction; ``distance`` is the family's criterion (used under early exit)."""
+        loops = self.plan[self.step_of[e]]
         if self.rule is None:
-            self.ran[:, k] = self.plan[k]
-            return model.guided_predict(inputs, self.plan[k], cfg_scale, post)
-        out, self.ran[:, k], self.heads[:, k] = early_exit_predict(
-            model, inputs, self.plan[k], cfg_scale, self.rule, distance, post)
+            self.ran[:, e] = loops
+            return model.guided_predict(inputs, loops, cfg_scale, post)
+        out, self.ran[:, e], self.heads[:, e] = early_exit_predict(
+            model, inputs, loops, cfg_scale, self.rule, distance, post)
         return out
 
     def report(self, stats: dict | None) -> None:
@@ -187,9 +243,22 @@ def noise_scaled_change(logsnr_t, logsnr_s):
     return lambda prev, cur, idx: weight * (cur - prev).flatten(1).pow(2).mean(1).sqrt()
 
 
+def state_change(prev, cur, idx) -> torch.Tensor:
+    """DiT ``state``: ‖h_l − h_{l−1}‖ / ‖h_l‖ per sample over its rows (both halves under guidance)."""
+    n = len(idx)
+    flat = lambda h: h.reshape(h.shape[0] // n, n, -1).transpose(0, 1).reshape(n, -1)  # noqa: E731
+    p, c = flat(prev).float(), flat(cur).float()
+    return (c - p).norm(dim=1) / c.norm(dim=1).clamp_min(1e-12)
+
+
+state_change.on_state = True  # early_exit_predict: decided on backbone states, not on read-out heads
+
+
 def dit_distance(criterion: str | None, logsnrs, i: int, steps: int):
     """The criterion at sampling step ``i`` of ``steps`` on the λ grid ``logsnrs``; the last step adds
     no noise, so ``noise`` falls back to ``rel`` there."""
     if criterion == "noise" and i + 1 < steps:
         return noise_scaled_change(logsnrs[i], logsnrs[i + 1])
+    if criterion == "state":
+        return state_change
     return relative_change
