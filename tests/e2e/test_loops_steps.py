@@ -64,7 +64,7 @@ def test_study_refuses_a_bad_grid_before_sampling(dit_run, tmp_path):
         run_study(study_cfg(dit_run, tmp_path / "c", "study.guidance=[{cfg_scale:2.0,cfg_interval:[2,-2]}]"))
 
 
-def test_verdict_counts_matched_pairs_by_the_seed_spread_rule():
+def test_verdict_counts_matched_pairs_by_welchs_test():
     def pt(steps, loops, fds, gflops):
         return {"name": f"{steps}x{loops}", "steps": steps, "mean_loops": loops, "gflops": gflops, "per_seed": fds,
                 "solver": {"kind": "ddim", "spacing": "t"}}

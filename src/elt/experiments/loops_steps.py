@@ -12,7 +12,7 @@ network evaluations and measured seconds per sample. Every (point, seed) is cach
 The verdict compares, within one solver setting, every pair of points whose GFLOPs agree within
 ``study.match`` (relative) and that trade loops against steps (more loops and fewer steps against
 fewer loops and more steps), by the mini-paper's rule (``elt.experiments.mini_paper.stats.compare``:
-a difference counts beyond 2 standard errors of the per-seed spread). Writes ``study.{json,md,png}``:
+Welch's two-sided t-test over the sampling seeds at the stated alpha; p is reported). Writes ``study.{json,md,png}``:
 the table, the iso-compute figure (FD against GFLOPs, one curve per L and one per step count) and
 the verdict.
 """
@@ -29,7 +29,8 @@ from elt.core import schedules
 from elt.evaluation.plots import save_figure
 from elt.evaluation.sweep import LoopSweep
 from elt.evaluation.tables import grid_table
-from elt.experiments.mini_paper.stats import compare, fmt, mean_std
+from elt.experiments.mini_paper.arms import ALPHA
+from elt.experiments.mini_paper.stats import compare, fmt, fmt_p, mean_std
 from elt.jobs.evaluate import load_for_evaluation
 from elt.jobs.pareto import Search, pick_metric
 from elt.runtime.cli import launch, run_cli
@@ -129,11 +130,11 @@ def verdict(points: list[dict], match: float) -> dict:
     rows, wins, per = [], {"loops": 0, "steps": 0, "tie": 0}, {}
     for a, b in matched_pairs(points, match):
         c = compare(a["per_seed"], b["per_seed"])
-        side = {"better": "loops", "worse": "steps", "tie": "tie"}[c["outcome"]]
+        side = {"better": "loops", "worse": "steps"}.get(c["outcome"], "tie")  # no difference / untested
         wins[side] += 1
         per.setdefault(setting(a), {"loops": 0, "steps": 0, "tie": 0})[side] += 1
         rows.append({"setting": setting(a), "loops": a["name"], "steps": b["name"], "gflops": (a["gflops"], b["gflops"]),
-                     "fd_loops": c["a"], "fd_steps": c["b"], "margin": c["margin"], "winner": side})
+                     "fd_loops": c["a"], "fd_steps": c["b"], "p": c["p"], "winner": side})
     by_setting = {k: {"answer": answer(w, sum(w.values())), "wins": w} for k, w in per.items()}
     return {"answer": answer(wins, len(rows)), "wins": wins, "by_setting": by_setting, "pairs": rows, "match": match}
 
@@ -186,16 +187,16 @@ def study_markdown(result: dict) -> str:
     lines += [grid_table(["solver", "steps", "loops", "network evals", "GFLOPs/sample", m, "s/sample"], cells), ""]
     lines += [f"**At matched compute (GFLOPs within {v['match']:.0%}), more loops or more steps? {v['answer']}** "
               f"(comparisons won by more loops: {v['wins']['loops']}, by more steps: {v['wins']['steps']}, "
-              f"ties within 2 standard errors: {v['wins']['tie']}).", ""]
+              f"no difference by Welch's t-test at alpha {ALPHA}: {v['wins']['tie']}).", ""]
     if len(v.get("by_setting", {})) > 1:
-        lines += [grid_table(["solver", "answer", "won by more loops", "won by more steps", "ties"],
+        lines += [grid_table(["solver", "answer", "won by more loops", "won by more steps", "no difference"],
                              [[k, b["answer"], str(b["wins"]["loops"]), str(b["wins"]["steps"]), str(b["wins"]["tie"])]
                               for k, b in v["by_setting"].items()]), ""]
     if v["pairs"]:
         cells = [[r["setting"], r["loops"], r["steps"], f"{r['gflops'][0]:.3g} / {r['gflops'][1]:.3g}",
-                  fmt(r["fd_loops"]), fmt(r["fd_steps"]), f"{r['margin']:.2f}", r["winner"]] for r in v["pairs"]]
+                  fmt(r["fd_loops"]), fmt(r["fd_steps"]), fmt_p(r["p"]), r["winner"]] for r in v["pairs"]]
         lines.append(grid_table(["solver", "more loops", "more steps", "GFLOPs", f"{m} (loops)", f"{m} (steps)",
-                                 "margin", "winner"], cells))
+                                 "Welch p", "winner"], cells))
     return "\n".join(lines) + "\n"
 
 
