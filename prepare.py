@@ -5,14 +5,19 @@ On several GPUs: add trainer=ddp trainer.devices=8 (shard n is written by rank n
 import hydra
 from omegaconf import DictConfig
 
+from elt.jobs.prepare_checks import check_config
 from elt.runtime.cli import launch, run_cli
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    from elt.jobs.prepare import prepare  # after the command line is checked: a typo fails before heavy imports
+    def checked_prepare(cfg: DictConfig) -> dict:
+        check_config(cfg)  # before the encoding job's imports (torch, Lightning, diffusers): one line in a second
+        from elt.jobs.prepare import prepare
 
-    run_cli(prepare, cfg)
+        return prepare(cfg)
+
+    run_cli(checked_prepare, cfg)
 
 
 if __name__ == "__main__":

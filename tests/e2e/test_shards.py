@@ -400,8 +400,7 @@ def test_training_refuses_shards_of_another_family_or_encoder(imagenet, tmp_path
     data = image_data(imagenet, tmp_path / "shards", *PIXEL_TOKENS)
     prepare(prepare_cfg(tmp_path, data, "prepare.splits=[train]"))
     for more, words in ((["data.tokenizer.levels=9"], "the model's PixelTokenizer is"),
-                        (["model=dit_elt", "data.autoencoder._target_=elt.encoders.tokenizers.PixelAutoencoder",
-                          "~data.autoencoder.path", "~data.autoencoder.latent_shape"], "holds tokens but DiTELT")):
+                        (["model=dit_elt", "data/autoencoder=pixels"], "holds tokens but DiTELT")):
         with pytest.raises(SystemExit):
             run_cli(train, train_cfg(*data, "data.batch_size=2", *more))
         err = capsys.readouterr().err.strip().splitlines()

@@ -10,7 +10,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from elt.runtime.config import ConfigError
-from elt.samplers.diffusion import SAMPLERS, check_options
 
 
 def require_creatable_dir(path, key: str) -> None:
@@ -44,6 +43,8 @@ def _number(v) -> bool:
 def check_sampler(sampler: dict) -> dict:
     """The merged sampler settings (the checkpoint's, overridden by eval.sampler), checked before
     any sampling: a bad value would otherwise surface after the reference rows were scored."""
+    from elt.samplers.diffusion import SAMPLERS, check_options  # torch: not at import, Hydra's callback imports us
+
     checks = {
         "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
         "cfg_scale": (lambda v: _number(v) and v >= 0, "a number >= 0 (1 = no guidance)"),

@@ -7,6 +7,7 @@ torchrun every rank samples and rank 0 alone scores and writes.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +22,9 @@ from elt.runtime.checkpoint import load_run, relocate_data, require_ckpt_path
 from elt.runtime.config import ConfigError, instantiate_group
 from elt.runtime.devices import pick_device
 from elt.runtime.distributed import Ranks
+
+if TYPE_CHECKING:
+    from elt.evaluation.sweep import LoopSweep
 
 # Lightning (the sweep's models, the loggers) is imported where it is used, after the checks of
 # load_for_evaluation: a missing checkpoint or a bad value is one line before those imports

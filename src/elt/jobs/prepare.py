@@ -30,7 +30,9 @@ from elt.data.shards.format import (FORMAT, check_compatible, check_sidecars, en
                                     preprocessing, read_index, stored_format)
 from elt.data.shards.writer import ShardWriter, merge_index, write_index
 from elt.runtime.cli import one_line
-from elt.runtime.config import ConfigError, require_int
+from elt.jobs.prepare_checks import check_config
+from elt.runtime import rundir
+from elt.runtime.config import ConfigError
 from elt.runtime.precision import lightning_precision
 from elt.runtime.resume import Preempted, mix_seed
 
@@ -199,29 +201,6 @@ class ShardWriterCallback(BasePredictionWriter):
         trainer.strategy.barrier("prepare_index_written")
 
 
-def check_config(cfg: DictConfig) -> list[str]:
-    """Everything that can be checked before reading a file; returns the splits to prepare."""
-    data = cfg.data
-    if data.get("raw_root") in (None, "", "None", "null"):
-        raise ConfigError(f"data.raw_root is not set: point it at the raw {data.name} data; "
-                          f"{data.get('how_to_get') or 'see the data config'}")
-    if not data.get("root"):
-        raise ConfigError("data.root is not set: the directory the shards are written to")
-    raw = data.get("raw")
-    if not OmegaConf.is_dict(raw) or not raw:
-        raise ConfigError(f"data.raw: data={data.name} names no raw reader per split (data.raw.train, data.raw.val)")
-    splits = cfg.prepare.get("splits") or list(raw.keys())
-    unknown = [s for s in splits if s not in raw]
-    if unknown:
-        raise ConfigError(f"prepare.splits: {unknown} not in data.raw ({list(raw.keys())})")
-    for key in ("shard_size", "batch_size"):
-        require_int(cfg, f"prepare.{key}", 1)
-    require_int(cfg, "prepare.seed", 0)
-    if "tokenizer" not in cfg.model and "autoencoder" not in cfg.model:
-        raise ConfigError(f"model={cfg.model.get('name')}: has neither a tokenizer nor an autoencoder to encode with")
-    return list(splits)
-
-
 def build_encoder(cfg: DictConfig):
     """The family's encoder, exactly as training builds it (model.tokenizer / model.autoencoder)."""
     node = cfg.model.tokenizer if "tokenizer" in cfg.model else cfg.model.autoencoder
@@ -290,6 +269,7 @@ def prepare(cfg: DictConfig) -> dict:
                      existing["num_samples"], len(existing["shards"]))
             results[split] = existing
             continue
+        rundir.started()  # every check passed: a later failure keeps what was written
         split_dir.mkdir(parents=True, exist_ok=True)
         if existing is None and rank_zero_only.rank == 0:  # claims the directory for these settings
             write_index(split_dir, {"settings": settings, "complete": False, "num_samples": 0, "shards": []})
