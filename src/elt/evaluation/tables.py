@@ -80,8 +80,15 @@ def log_to_loggers(loggers: list, rows: list[dict], meta: dict, figures: dict[st
             _log_wandb(lg.experiment, rows, model_rows, metrics, figures, grids)
         else:
             for r in model_rows:
-                lg.log_metrics({f"eval/{m}": r[m] for m in metrics + ["gflops_per_sample"] if m in r}, step=r["loops"])
+                lg.log_metrics({**{f"eval/{m}": r[m] for m in metrics + ["gflops_per_sample"] if m in r},
+                                **images_per_s(r)}, step=r["loops"])
         lg.finalize("success")
+
+
+def images_per_s(row: dict) -> dict:
+    """A row's sampling speed as the logger entry ``eval/images_per_s`` (one device, scoring excluded)."""
+    wall = row.get("wall_s_per_sample")
+    return {"eval/images_per_s": 1.0 / wall} if wall else {}
 
 
 def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
@@ -91,7 +98,7 @@ def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
     run.define_metric("eval/*", step_metric="eval/loops")
     for r in model_rows:
         run.log({"eval/loops": r["loops"], "eval/gflops_per_sample": r["gflops_per_sample"],
-                 **{f"eval/{m}": r[m] for m in metrics if m in r}})
+                 **{f"eval/{m}": r[m] for m in metrics if m in r}, **images_per_s(r)})
     cols = BASE_COLUMNS + metric_columns(rows)
     table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
     model_table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in model_rows])
