@@ -233,9 +233,9 @@ def report(meta: dict, train_rows: list[dict], sampling: list[dict], ev: dict) -
              "## Evaluation on the device at every loop count (train.py + eval.py, digits)", ""]
     if ev.get("status") != "ok":
         return lines + [f"status: {ev.get('status')}"]
-    metric = next((k for k in ("fid_judge", "fd_judge", "fid") if k in ev["rows"][0]), None)
-    metric = metric or next(k for k in ev["rows"][0] if k not in ("name", "row", "loops", "extrapolated", "num_samples",
-                                                                  "gflops_per_sample", "wall_s_per_sample"))
+    base = {"name", "row", "loops", "extrapolated", "num_samples", "gflops_per_sample", "wall_s_per_sample"}
+    metrics = [k for k in ev["rows"][0] if k not in base]
+    metric = next((k for k in metrics if k.startswith(("fid", "fvd"))), metrics[0] if metrics else "—")
     lines += [f"Scored by the digits' domain judge, a stand-in for InceptionV3 / I3D (InceptionV3 weights "
               f"{'present' if ev['inception_weights_present'] else 'absent'} in torch's hub cache; ImageNet / UCF-101 "
               f"evaluations need them). {ev['wall_s']:.0f} s for training and evaluation.", "",
