@@ -8,6 +8,8 @@ On a GPU (about 10 minutes on one H100):
    TFLOP/s and MFU (``elt.jobs.speed.ThroughputMonitor``, last window, so compilation is not in it), data-wait share,
    peak memory, whether the loss stayed finite. The batches are random tokens / latents of the row's shapes (a stand-in
    for ImageNet shards: the check measures the model, not a dataset it would have to download).
+   Then each GPU default (``elt.jobs.speed.SpeedDefaults``: TF32, fused AdamW, the SDPA kernels) on against off,
+   in interleaved training steps of the DiT row: the measured reason for each default, on this GPU.
 2. **Sampling throughput** at batch 8, each ELT row vs its same-scale baseline (benchmarks/throughput.py's models and
    timing, interleaved), beside the paper's ratios (1.0×, 2.9×, 3.3×, 3.5×).
 3. **Evaluation on the device at L = 1..Lmax**: ``train.py`` then ``eval.py`` on the embedded digits, as a user would run
@@ -157,6 +159,63 @@ def guarded(fn, row: dict) -> dict:
         return {**row, "status": f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
 
 
+# ---- 1b. the GPU defaults, each on against off ---------------------------------------------------------
+def defaults_rows(args, device, choice) -> list[dict]:
+    """Training steps of the DiT row with each default on and off, interleaved (plain PyTorch steps: the
+    setting is all that differs). TF32 and the SDPA kernels only exist on CUDA; fused AdamW runs on CPUs too."""
+    from elt.runtime.devices import set_sdpa_backend
+    from elt.runtime.precision import set_tf32
+
+    model = build(TRAIN_ROWS["dit"], args.tiny).to(device).train()
+    model.ilsd_lambda = 0.5
+    batch = next(iter(torch.utils.data.DataLoader(RandomBatches(model, args.batch), batch_size=args.batch)))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opts = {True: torch.optim.AdamW(params, lr=1e-5, fused=True), False: torch.optim.AdamW(params, lr=1e-5, foreach=True)}
+    n = max(args.steps // 3, 2)
+
+    def steps(opt, prec: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(n):
+            with precision.autocast(device.type, prec):
+                loss, _ = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / n
+
+    def tf32(on: bool) -> float:
+        set_tf32(on)
+        return steps(opts[True], "32")
+
+    def sdpa(on: bool) -> float:
+        set_sdpa_backend("auto" if on else "math")
+        return steps(opts[True], choice)
+
+    checks = [("fused AdamW (vs foreach)", choice, lambda on: steps(opts[on], choice), True)]
+    checks += [("TF32 matmuls (fp32 run)", "32", tf32, device.type == "cuda"),
+               ("SDPA flash / efficient (vs math)", choice, sdpa, device.type == "cuda")]
+    rows = []
+    try:
+        for name, prec, fn, applies in checks:
+            row = {"setting": name, "precision": prec}
+            if not applies:
+                rows.append({**row, "status": "skipped: CUDA only"})
+                continue
+            fn(True), fn(False)  # warm-up both
+            off, on, ratio = interleaved(fn, args.reps)
+            rows.append({**row, "status": "ok", "on_step_s": on, "off_step_s": off, "speedup_median": 1 / ratio["ratio_median"],
+                         "speedup_min": 1 / ratio["ratio_max"], "speedup_max": 1 / ratio["ratio_min"]})
+    finally:
+        set_tf32(True)
+        set_sdpa_backend("auto")
+    return rows
+
+
 # ---- 2. sampling throughput ---------------------------------------------------------------------------
 def sampling_row(scale: str, args, device, choice) -> dict:
     elt_row, base_row, paper = THROUGHPUT[scale]
@@ -210,7 +269,7 @@ def fmt(v, spec: str = ".3g") -> str:
     return "—" if v is None else format(v, spec)
 
 
-def report(meta: dict, train_rows: list[dict], sampling: list[dict], ev: dict) -> list[str]:
+def report(meta: dict, train_rows: list[dict], defaults: list[dict], sampling: list[dict], ev: dict) -> list[str]:
     lines = [f"# gpu-check: {meta['device']}", "",
              f"torch {meta['torch']}, {meta['precision']}, {'TINY (numbers mean nothing: a test of the script)' if meta['tiny'] else 'full size'}; "
              f"{meta['cpu']}, {meta['threads']} CPU threads; {meta['wall_s']:.0f} s in all.", "",
@@ -224,6 +283,12 @@ def report(meta: dict, train_rows: list[dict], sampling: list[dict], ev: dict) -
                             fmt(r.get("samples_per_s")), fmt(r.get("tflops")), fmt(r.get("mfu"), ".1%"),
                             fmt(r.get("data_wait"), ".1%"), fmt(r.get("peak_mem_gib"), ".1f"), fmt(r.get("wall_s"), ".0f"),
                             r.get("peak_source") or "—"] for r in train_rows]), "",
+             "## The GPU defaults, each on against off (the DiT row, plain training steps, interleaved)", "",
+             *table_lines(["setting", "precision", "status", "step on (s)", "step off (s)", "speed-up on / off (median, min–max)"],
+                          [[r["setting"], r.get("precision", "—"), r["status"], fmt(r.get("on_step_s")),
+                            fmt(r.get("off_step_s")),
+                            f"{r['speedup_median']:.2f}× ({r['speedup_min']:.2f}–{r['speedup_max']:.2f})"
+                            if "speedup_median" in r else "—"] for r in defaults]), "",
              "## Sampling throughput at batch 8, ELT vs its same-scale baseline", "",
              *table_lines(["scale", "status", "images/s ELT", "images/s baseline", "ELT / baseline (median, min–max)",
                            "paper"],
@@ -253,7 +318,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=None, help="interleaved sampling repetitions (default 5; --tiny 1)")
     p.add_argument("--scales", nargs="+", default=None, choices=list(THROUGHPUT),
                    help="sampling scales (default all; --tiny B)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["train", "compile", "sampling", "eval"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["train", "compile", "defaults", "sampling", "eval"])
     p.add_argument("--out", default=str(ROOT / "outputs" / "gpu_check"))
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -278,6 +343,11 @@ def main(argv=None) -> int:
                 base = {"family": family, "row": TRAIN_ROWS[family], "run": name}
                 train_rows.append(guarded(lambda: train_run(family, name, compiled, ckpt, fsdp, args, device), base))
                 print(json.dumps(train_rows[-1]), flush=True)
+    defaults = []
+    if "defaults" not in args.skip:
+        defaults = guarded(lambda: defaults_rows(args, device, choice), {"setting": "all", "status": ""})
+        defaults = defaults if isinstance(defaults, list) else [defaults]
+        print(json.dumps(defaults), flush=True)
     sampling = []
     if "sampling" not in args.skip:
         for scale in args.scales:
@@ -295,12 +365,12 @@ def main(argv=None) -> int:
             "cpu": f"{platform.processor() or platform.machine()}, flags {' '.join(bf16_flags) or 'no bf16/amx'}",
             "threads": torch.get_num_threads(), "steps": args.steps, "batch": args.batch,
             "wall_s": time.perf_counter() - start}
-    lines = report(meta, train_rows, sampling, ev)
+    lines = report(meta, train_rows, defaults, sampling, ev)
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(json.dumps({"meta": meta, "train": train_rows, "sampling": sampling,
+    (out / "report.json").write_text(json.dumps({"meta": meta, "train": train_rows, "defaults": defaults, "sampling": sampling,
                                                  "eval": ev}, indent=2, default=str) + "\n")
     print("\n".join(lines))
-    failed = [r for r in train_rows + sampling if str(r.get("status", "")).startswith(("FAILED", "non-finite"))]
+    failed = [r for r in train_rows + defaults + sampling if str(r.get("status", "")).startswith(("FAILED", "non-finite"))]
     failed += [ev] if str(ev.get("status", "")).startswith("FAILED") else []
     print(f"\nreport: {out / 'report.md'}; {len(failed)} check(s) failed", file=sys.stderr)
     return 1 if failed else 0

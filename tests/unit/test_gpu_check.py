@@ -25,6 +25,9 @@ def test_tiny_gpu_check_trains_both_families_and_samples(tmp_path):
             assert r["status"].startswith("skipped")  # Lightning's FSDP is GPU-only
             continue
         assert r["status"] == "ok" and r["samples_per_s"] > 0 and 0 < r["mfu"] < 1 and r["N"] == 2
+    fused, tf32, sdpa = got["defaults"]
+    assert fused["status"] == "ok" and fused["speedup_median"] > 0  # fused AdamW runs on CPUs too
+    assert tf32["status"] == sdpa["status"] == "skipped: CUDA only"
     (sampling,) = got["sampling"]
     assert sampling["status"] == "ok" and sampling["paper_ratio"] == 1.0 and sampling["elt_images_per_s"] > 0
     assert "TINY" in md and "| B | ok |" in md and got["eval"]["status"] == "skipped"
