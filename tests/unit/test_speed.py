@@ -58,17 +58,14 @@ def test_logged_flops_per_second_match_the_counter_and_the_wall_clock():
     monitor, rec = ThroughputMonitor(every_n_steps=2), Recorder()
     trainer = L.Trainer(max_steps=6, logger=False, callbacks=[ILSDCallback(), monitor, rec], enable_checkpointing=False,
                         enable_progress_bar=False, limit_val_batches=0, accelerator="cpu", enable_model_summary=False)
-    start = time.perf_counter()
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
-    wall = time.perf_counter() - start
     assert rec.logged[0] == {} and set(rec.logged[-1]) == {f"perf/{k}" for k in ThroughputMonitor.KEYS}
     got = rec.logged[-1]
     assert got["perf/tflops"] * 1e12 / got["perf/samples_per_s"] == pytest.approx(per_sample, rel=0.02)
     assert got["perf/tokens_per_s"] == pytest.approx(got["perf/samples_per_s"] * 16)
     assert got["perf/mfu"] == pytest.approx(got["perf/tflops"] * 1e12 / monitor.peak)
     assert 0.0 <= got["perf/data_wait"] < 1.0
-    # the window's samples over its time: 2 steps x 16 samples, no faster than the whole fit's wall clock allows
-    assert got["perf/samples_per_s"] > 6 * 16 / wall
+    # the last window: 2 steps x 16 samples over the time from step 4's end to step 6's end
     window = rec.ends[-1] - rec.ends[-3]  # the last two steps, batch end to batch end
     assert got["perf/samples_per_s"] == pytest.approx(32 / window, rel=0.05)
     assert monitor.peak_source.startswith("measured fp32 GEMM") and monitor.peak > 0
@@ -164,3 +161,13 @@ def test_evaluation_logs_images_per_second_per_loop_count():
     lg = Logger()
     log_to_loggers([lg], rows, {"hparams": {}}, {}, {})
     assert [(s, m["eval/images_per_s"]) for s, m in lg.calls] == [(1, 4.0), (2, 2.0)]
+
+
+def test_measuring_the_cpu_peak_leaves_the_global_rng_alone():
+    from elt.runtime.peak import measured_gemm_tflops
+
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    assert measured_gemm_tflops("cpu", torch.float32, 64, 1, -1) > 0  # a fresh cache key: it measures
+    torch.testing.assert_close(torch.rand(3), expected)

@@ -48,8 +48,8 @@ def measured_gemm_tflops(device: str, dtype: torch.dtype = torch.float32, size: 
     cache: a run that changes the thread count measures again."""
     del threads
     dev = torch.device(device)
-    a = torch.randn(size, size, device=dev).to(dtype)
-    b = torch.randn(size, size, device=dev).to(dtype)
+    g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move a run's global RNG
+    a, b = (torch.randn(size, size, generator=g).to(dev, dtype) for _ in range(2))
     best = float("inf")
     for _ in range(reps + 1):
         if dev.type == "cuda":
