@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from ilsd_overhead import table_lines, write_results  # noqa: E402
 from elt.encoders.tokenizers import PixelAutoencoder  # noqa: E402
 from elt.models import DiTELT  # noqa: E402
 from elt.runtime.peak import measured_gemm_tflops  # noqa: E402
-from elt.runtime.precision import bf16_supported, cpu_flags  # noqa: E402
+from elt.runtime.precision import bf16_supported  # noqa: E402
 
 BATCH, LATENT = 8, (4, 32, 32)
 S2 = dict(depth=12, width=384, heads=6, patch=2)
@@ -173,13 +172,10 @@ def main(argv=None):
                          "gemm_tflops": gemm, "ours_of_gemm": flops / r["ours_s"] / 1e12 / gemm,
                          "target_speedup": 1.15, "target_of_gemm": 0.85})
             print(rows[-1], flush=True)
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "cpu_flags": " ".join(flags), "batch": BATCH, "latent": list(LATENT), "model": "DiT-S/2", "reps": args.reps,
+    meta = {"batch": BATCH, "latent": list(LATENT), "model": "DiT-S/2", "reps": args.reps,
             "calls": args.calls, "max_abs_output_difference": diff}
     lines = [f"DiT-ELT vs facebookresearch/DiT models.py, DiT-S/2 with the same (ported) weights, batch {BATCH}, "
-             f"{LATENT[1]}×{LATENT[2]}×{LATENT[0]} latents; torch {meta['torch']}, {meta['threads']} thread(s), "
-             f"CPU {meta['cpu']} with {meta['cpu_flags']}. Interleaved, median of {args.reps} repetitions of "
+             f"{LATENT[1]}×{LATENT[2]}×{LATENT[0]} latents. Interleaved, median of {args.reps} repetitions of "
              f"{args.calls} calls; outputs agree to {diff:.1e}.", "",
              "speed-up = official time / DiT-ELT time (median, min–max over repetitions); TFLOP/s are DiT-ELT's analytic "
              "FLOPs (matmuls, multiply-add = 2; backward = 2 forwards) over its time; of GEMM = that over a 1024² "
