@@ -25,6 +25,7 @@ scale at reduced size and a 2-step evaluation, so the script cannot rot between 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -117,6 +118,7 @@ def train_run(family: str, name: str, compiled: bool, checkpointing: bool, fsdp:
     if fsdp and device.type != "cuda":
         return {**row, "status": "skipped: Lightning's FSDPStrategy needs a GPU"}
     model = build(TRAIN_ROWS[family], args.tiny, checkpointing, fsdp)
+    width, N, Lmax = model.backbone.width, model.N, model.Lmax
     if compiled:
         model.backbone.compile_blocks()
     every = max(args.steps // 3, 1)
@@ -139,15 +141,21 @@ def train_run(family: str, name: str, compiled: bool, checkpointing: bool, fsdp:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    trainer.fit(model, train_dataloaders=loader)
-    wall = time.perf_counter() - start
-    loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-    params = sum(p.numel() for p in model.parameters())
+    try:
+        trainer.fit(model, train_dataloaders=loader)
+        wall = time.perf_counter() - start
+        loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+        params = sum(p.numel() for p in model.parameters())
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    finally:  # the next run's peak memory must not hold this one's model, optimizer or compiled graphs
+        del trainer, model, loader
+        if compiled:
+            torch._dynamo.reset()
+        gc.collect()
     return {**row, "status": "ok" if math.isfinite(loss) else "non-finite loss", "precision": choice,
-            "width": model.backbone.width, "N": model.N, "Lmax": model.Lmax, "params_m": params / 1e6,
+            "width": width, "N": N, "Lmax": Lmax, "params_m": params / 1e6,
             "batch": args.batch, "steps": args.steps, "wall_s": wall, "loss": loss, **monitor.last,
-            "peak_source": monitor.peak_source,
-            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+            "peak_source": monitor.peak_source, "peak_mem_gib": peak_mem}
 
 
 def guarded(fn, row: dict) -> dict:
@@ -172,7 +180,7 @@ def defaults_rows(args, device, choice) -> list[dict]:
     batch = {k: v.to(device) for k, v in batch.items()}
     params = [p for p in model.parameters() if p.requires_grad]
     opts = {True: torch.optim.AdamW(params, lr=1e-5, fused=True), False: torch.optim.AdamW(params, lr=1e-5, foreach=True)}
-    n = max(args.steps // 3, 2)
+    n, reps = (2, 1) if args.tiny else (3, min(args.reps, 3))  # a minute or two: fp32 steps without TF32 are slow
 
     def steps(opt, prec: str) -> float:
         if device.type == "cuda":
@@ -207,12 +215,14 @@ def defaults_rows(args, device, choice) -> list[dict]:
                 rows.append({**row, "status": "skipped: CUDA only"})
                 continue
             fn(True), fn(False)  # warm-up both
-            off, on, ratio = interleaved(fn, args.reps)
+            off, on, ratio = interleaved(fn, reps)
             rows.append({**row, "status": "ok", "on_step_s": on, "off_step_s": off, "speedup_median": 1 / ratio["ratio_median"],
                          "speedup_min": 1 / ratio["ratio_max"], "speedup_max": 1 / ratio["ratio_min"]})
     finally:
         set_tf32(True)
         set_sdpa_backend("auto")
+        del model, opts
+        gc.collect()
     return rows
 
 
