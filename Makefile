@@ -10,7 +10,7 @@ DEMO := outputs/demo
 DEMO_EVAL := eval.precision=32
 export ELT_ROOT := $(CURDIR)
 
-.PHONY: help install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow test-unit test-e2e bench clean \
+.PHONY: help install demo demo-maskgit demo-vanilla demo-baseline demo-dit demo-video demo-video-vanilla demo-video-dit test test-slow test-unit test-e2e bench gpu-check clean \
 	paper-plan table-imagenet-maskgit table-imagenet-dit table-ucf101 table-throughput
 
 .DEFAULT_GOAL := install
@@ -125,6 +125,12 @@ table-ucf101: install ## train, evaluate and render the UCF-101 table (TABLE_SCA
 # on whatever device is present; on a CPU at reduced width and tokens (benchmarks/results/throughput.md).
 table-throughput: install ## sampling throughput and peak training memory, ELT vs its baseline
 	$(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS)
+
+# One command for a user with a GPU: trains both families at a paper row's width (eager, compiled, checkpointing,
+# one-GPU FSDP), sampling throughput vs the paper's ratios, eval.py at every loop count; writes outputs/gpu_check/report.md.
+# Without a GPU it runs its tiny CPU version (what the tests run). GPU_CHECK_ARGS: e.g. --steps 50 --batch 64.
+gpu-check: install ## ~10 min on one GPU: does training / sampling / evaluation work here, how fast (MFU), how much memory
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean: ## remove outputs/ and logs/
 	rm -rf outputs logs

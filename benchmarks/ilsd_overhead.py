@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -76,13 +77,31 @@ def table_lines(columns: list[str], cells: list[list[str]]) -> list[str]:
     return grid_table(columns, cells).splitlines()
 
 
+def machine() -> dict:
+    """What a CPU timing depends on: the CPU, its vector / matrix flags, the CPU count and torch's threads."""
+    from elt.runtime.precision import cpu_flags
+
+    try:
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    return {"cpu": name or platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "cpu_flags": " ".join(flags), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def write_results(out: str, meta: dict, rows: list[dict], table: list[str]) -> None:
-    """``out`` (JSON: meta + rows) and the same name with ``.md`` (the table), then print the table."""
+    """``out`` (JSON: meta + rows) and the same name with ``.md`` (the table), then print the table. Both start
+    with the machine (CPU, flags, CPU count, torch threads): a timing means nothing without it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    m = machine()
+    header = (f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s); "
+              f"CPU flags: {m['cpu_flags'] or 'none of avx / amx / fma'}.")
+    out.write_text(json.dumps({"meta": {"machine": m, **meta}, "results": rows}, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join([header, "", *table]) + "\n")
+    print("\n".join([header, "", *table]))
 
 
 def measure(family: str, args) -> dict:

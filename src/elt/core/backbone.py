@@ -25,7 +25,13 @@ from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN's x·(1 + scale) + shift in one pass over x (addcmul), not a product and then a sum."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero's x + gate·update in one pass (addcmul)."""
+    return torch.addcmul(x, gate.unsqueeze(1), update)
 
 
 class Modulation(nn.Sequential):
@@ -69,8 +75,8 @@ class Block(nn.Module):
             x = x + self.attention(self.norm1(x))
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = mod
-        x = x + gate1.unsqueeze(1) * self.attention(modulate(self.norm1(x), shift1, scale1))
-        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = gated_residual(x, gate1, self.attention(modulate(self.norm1(x), shift1, scale1)))
+        return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class LoopedBackbone(nn.Module):

@@ -81,3 +81,17 @@ def measured_gflops_per_sample(model, loops_run, heads_run, sampler: dict) -> fl
     base = model.flops_per_eval(1) - per_loop  # embeddings + one head, no loop
     total = (base + per_loop * loops_run + model.flops_per_exit() * (heads_run - 1)) * passes
     return float(total.sum(1).mean()) / 1e9
+
+def training_flops_per_sample(model) -> float:
+    """Analytic FLOPs of one training sample: the forward ×3 (the backward costs two forwards: gradients of
+    activations and of weights). The forward is one evaluation at Lmax plus, under ILSD, the shared head
+    once more at the student's exit (the student is a prefix of the teacher's pass). Model FLOPs, as MFU
+    counts them: activation checkpointing's recomputed forward is not included."""
+    forward = model.flops_per_eval(model.Lmax) + (model.flops_per_exit() if model.ilsd_active else 0.0)
+    return 3.0 * forward
+
+
+def tokens_per_sample(model) -> int:
+    """Sequence positions the backbone runs per sample: DiT's patch grid, MaskGIT's token grid."""
+    grid = getattr(model, "grid", None)
+    return int(math.prod(grid)) if grid is not None else int(model.tokenizer.num_tokens)

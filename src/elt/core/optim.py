@@ -8,6 +8,9 @@ prefixes the names, but keeps the modules, so the groups come out the same wrapp
 """
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch import nn
 
 DECAY_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
@@ -32,3 +35,15 @@ def param_groups(module: nn.Module, decay_modules: tuple[type[nn.Module], ...] =
     """Optimizer groups: the first takes the optimizer's weight_decay, the second has weight_decay 0."""
     decay, no_decay = split_decay(module, decay_modules)
     return [{"params": [p for _, p in decay]}, {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
+
+
+def with_fused(factory, fused: bool):
+    """The optimizer factory (a ``functools.partial`` of an optimizer class; None = AdamW's defaults) with
+    ``fused=True`` when ``fused`` and it builds Adam / AdamW without choosing ``fused`` or ``foreach``
+    itself: one multi-tensor kernel per step instead of a loop of small ones (CUDA, and CPUs since
+    torch 2.4). Other optimizers, and a factory that chose, are returned unchanged."""
+    factory = factory if factory is not None else functools.partial(torch.optim.AdamW)
+    func, keywords = getattr(factory, "func", factory), getattr(factory, "keywords", {}) or {}
+    if not fused or func not in (torch.optim.AdamW, torch.optim.Adam) or {"fused", "foreach"} & set(keywords):
+        return factory
+    return functools.partial(factory, fused=True)

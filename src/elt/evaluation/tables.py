@@ -100,7 +100,8 @@ def log_to_loggers(loggers: list, rows: list[dict], meta: dict, figures: dict[st
         else:
             lg.log_hyperparams(meta["hparams"])
             for r in model_rows:
-                lg.log_metrics({f"eval/{m}": r[m] for m in metrics + ["gflops_per_sample"] if m in r}, step=r["loops"])
+                lg.log_metrics({**{f"eval/{m}": r[m] for m in metrics + ["gflops_per_sample"] if m in r},
+                                **images_per_s(r)}, step=r["loops"])
         lg.finalize("success")
 
 
@@ -110,6 +111,12 @@ def wandb_keys(metric: str, kind: str = "model") -> tuple[str, str]:
     elt.experiments.report builds its panels from these names."""
     prefix = "eval" if kind == "model" else f"eval/{kind}"
     return f"{prefix}/{metric}", f"{prefix}/vs_gflops/{metric}"
+
+
+def images_per_s(row: dict) -> dict:
+    """A row's sampling speed as the logger entry ``eval/images_per_s`` (one device, scoring excluded)."""
+    wall = row.get("wall_s_per_sample")
+    return {"eval/images_per_s": 1.0 / wall} if wall else {}
 
 
 def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
@@ -128,12 +135,12 @@ def _log_wandb(run, rows, model_rows, metrics, figures, grids) -> None:
             by_loops, by_gflops = wandb_keys(m, kind)
             run.define_metric(by_loops, step_metric="eval/loops")
             run.define_metric(by_gflops, step_metric="eval/gflops_per_sample")
-    for key in ("eval/grid", "eval/video"):
+    for key in ("eval/grid", "eval/video", "eval/images_per_s"):
         run.define_metric(key, step_metric="eval/loops")
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
     for r in sorted(model_rows, key=lambda r: r["loops"]):
         L = r["loops"]
-        payload = {"eval/loops": L, "eval/gflops_per_sample": r["gflops_per_sample"]}
+        payload = {"eval/loops": L, "eval/gflops_per_sample": r["gflops_per_sample"], **images_per_s(r)}
         for source in [r, *refs]:
             kind = "model" if source is r else source["row"]
             payload.update({k: source[m] for m in metrics if finite(source.get(m)) for k in wandb_keys(m, kind)})

@@ -40,3 +40,23 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+SDPA_BACKENDS = ("auto", "flash", "efficient", "math")
+
+
+def set_sdpa_backend(spec: str, check_only: bool = False) -> None:
+    """Which CUDA kernels ``scaled_dot_product_attention`` may use: ``auto`` leaves PyTorch's order (flash
+    for bf16 / fp16 inputs, then memory-efficient, then the math fallback); a name allows that kernel alone
+    (to diagnose a speed or memory difference; inputs it cannot take then raise). CPUs have their own
+    fused kernel and ignore this."""
+    if spec not in SDPA_BACKENDS:
+        raise ConfigError(f"sdpa must be one of {', '.join(SDPA_BACKENDS)}, got {spec!r}")
+    if check_only:
+        return
+    for name, setter in (("flash", torch.backends.cuda.enable_flash_sdp),
+                         ("efficient", torch.backends.cuda.enable_mem_efficient_sdp),
+                         ("math", torch.backends.cuda.enable_math_sdp)):
+        setter(spec in ("auto", name))
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(spec == "auto")

@@ -68,3 +68,11 @@ def autocast(device_type: str, choice: str):
     if choice == "bf16":
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions (CUDA, Ampere and later): ~2x the steps/s of
+    full fp32 for DiT (facebookresearch/DiT issue 22: 0.51 -> 0.81 steps/s on an A100), at a 10-bit
+    mantissa that diffusion training tolerates. No effect on a CPU or on bf16 autocast's bf16 matmuls."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
