@@ -191,6 +191,13 @@ def check(words: list[str]) -> None:
         if args[:1] == ["-m"] and not args[1].startswith("elt."):  # pytest, pip: installed, not run here
             if importlib.util.find_spec(args[1]) is None:
                 raise ValueError(f"no module {args[1]}")
+        elif args[:2] == ["-m", "elt.jobs.warm"]:  # composes train + eval itself: check both, run nothing
+            from elt.jobs.warm import split_overrides
+
+            to_train, to_eval = split_overrides(args[2:])
+            if to_train is not None:
+                check_hydra("train", to_train)
+            check_hydra("eval", to_eval)
         elif args[:1] == ["-m"]:
             config = hydra_config_of(args[1])
             check_hydra(config, args[2:]) if config else check_argparse(args[1], args[2:])
