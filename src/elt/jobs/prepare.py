@@ -34,7 +34,7 @@ from elt.jobs.prepare_checks import check_config
 from elt.runtime import rundir
 from elt.runtime.config import ConfigError
 from elt.runtime.precision import lightning_precision
-from elt.runtime.resume import Preempted, mix_seed
+from elt.runtime.resume import Preempted, mix_seed, restore_signals
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -153,12 +153,7 @@ class ShardWriterCallback(BasePredictionWriter):
             pass
 
     def restore(self) -> None:
-        for s, handler in self._previous.items():
-            try:
-                signal.signal(s, handler)
-            except (ValueError, TypeError):
-                pass
-        self._previous = {}
+        self._previous = restore_signals(self._previous)
 
     def stop_here(self, trainer, writer: ShardWriter) -> None:
         signum = self.received or (signal.SIGTERM if getattr(trainer, "received_sigterm", False) else None)

@@ -65,6 +65,17 @@ class Preempted(SystemExit):
     """Raised after the preemption checkpoint is written; exits with 128 + signal number."""
 
 
+def restore_signals(previous: dict) -> dict:
+    """Put back the handlers a stop-signal hook replaced (``{signal: handler}``); returns an empty map.
+    A handler Python cannot reinstall (not the main thread, one set from C) is left as it is."""
+    for s, handler in previous.items():
+        try:
+            signal.signal(s, handler)
+        except (ValueError, TypeError):
+            pass
+    return {}
+
+
 class Preemption(L.Callback):
     """SIGTERM (preemption), SIGUSR1 (SLURM's warning before the time limit) and SIGINT (Ctrl-C)
     finish the current step, save ``last.ckpt`` and exit non-zero, so a scheduler sees a failure
@@ -101,12 +112,7 @@ class Preemption(L.Callback):
         self._install()  # Lightning registered its handlers in between
 
     def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            try:
-                signal.signal(s, handler)
-            except (ValueError, TypeError):
-                pass
-        self._previous = {}
+        self._previous = restore_signals(self._previous)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._restore()

@@ -70,6 +70,16 @@ class EarlyExit:
         return crit
 
 
+def _start(model, inputs: dict, cfg_scale: float):
+    """What both early-exit predictors start from: the embedded (guidance-paired) batch, its
+    modulations, every sample active and no loops run yet."""
+    b, pair = len(inputs["labels"]), evals_per_step(cfg_scale)
+    feed = guidance.guidance_batch(inputs, cfg_scale, model.num_classes)
+    x, cond = model.embed(feed)
+    active = torch.arange(b, device=x.device)
+    return b, pair, feed, x, cond, model.backbone.modulations(cond), active, torch.zeros_like(active)
+
+
 def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: EarlyExit, distance, post=None):
     """``model.guided_predict`` at most ``loops`` loops, each sample stopping at its own exit.
 
@@ -83,13 +93,8 @@ def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     post = post or guidance.as_float
     if getattr(distance, "on_state", False):
         return state_exit_predict(model, inputs, loops, cfg_scale, rule, distance, post)
-    b, pair = len(inputs["labels"]), evals_per_step(cfg_scale)
-    feed = guidance.guidance_batch(inputs, cfg_scale, model.num_classes)
-    x, cond = model.embed(feed)
-    x0, mods, bb = x, model.backbone.modulations(cond), model.backbone
-    dev = x.device
-    active = torch.arange(b, device=dev)
-    ran = torch.zeros(b, dtype=torch.long, device=dev)
+    b, pair, feed, x, cond, mods, active, ran = _start(model, inputs, cfg_scale)
+    x0, bb, dev = x, model.backbone, x.device
     heads = torch.zeros(b, dtype=torch.long, device=dev)
     probing = rule.tau > 0 or rule.record is not None
     first_read = max(rule.min_loops - 1, 1)
@@ -132,13 +137,8 @@ def state_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     """``early_exit_predict`` deciding on the backbone states: after loop l ≥ ``rule.min_loops`` a
     sample whose state changed by less than τ leaves, and the head is read once, at its exit.
     Under guidance a sample's state is its conditional and null-class rows together."""
-    b, pair = len(inputs["labels"]), evals_per_step(cfg_scale)
-    feed = guidance.guidance_batch(inputs, cfg_scale, model.num_classes)
-    x, cond = model.embed(feed)
-    x0, mods, bb = x, model.backbone.modulations(cond), model.backbone
-    dev = x.device
-    active = torch.arange(b, device=dev)
-    ran = torch.zeros(b, dtype=torch.long, device=dev)
+    b, pair, feed, x, cond, mods, active, ran = _start(model, inputs, cfg_scale)
+    x0, bb, dev = x, model.backbone, x.device
     out, prev, trace = None, None, []
 
     def read(rows, idx):
