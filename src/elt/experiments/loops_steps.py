@@ -118,6 +118,8 @@ def matched_pairs(points: list[dict], match: float) -> list[tuple[dict, dict]]:
 def answer(wins: dict, n: int) -> str:
     if not n:
         return "no matched pairs in this grid"
+    if wins.get("untested", 0) == n:
+        return "untested (one seed: no spread to test against)"
     if wins["loops"] != wins["steps"]:
         return "more loops" if wins["loops"] > wins["steps"] else "more steps"
     return "no difference" if not wins["loops"] else "split"
@@ -130,9 +132,10 @@ def verdict(points: list[dict], match: float) -> dict:
     rows, wins, per = [], {"loops": 0, "steps": 0, "tie": 0}, {}
     for a, b in matched_pairs(points, match):
         c = compare(a["per_seed"], b["per_seed"])
-        side = {"better": "loops", "worse": "steps"}.get(c["outcome"], "tie")  # no difference / untested
-        wins[side] += 1
-        per.setdefault(setting(a), {"loops": 0, "steps": 0, "tie": 0})[side] += 1
+        side = {"better": "loops", "worse": "steps", "untested": "untested"}.get(c["outcome"], "tie")
+        wins[side] = wins.get(side, 0) + 1
+        w = per.setdefault(setting(a), {"loops": 0, "steps": 0, "tie": 0})
+        w[side] = w.get(side, 0) + 1
         rows.append({"setting": setting(a), "loops": a["name"], "steps": b["name"], "gflops": (a["gflops"], b["gflops"]),
                      "fd_loops": c["a"], "fd_steps": c["b"], "p": c["p"], "winner": side})
     by_setting = {k: {"answer": answer(w, sum(w.values())), "wins": w} for k, w in per.items()}

@@ -205,7 +205,7 @@ def make_report(project: str, group: str, roots: list[Path], out: Path, entity: 
         report = build_report(project, group, runs, entity=entity or _default_entity(), online=True)
         report.save()
     except Exception as e:  # no network, no login, no such project: one line, the spec stays
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = type(e).__name__ + (f": {str(e).strip().splitlines()[0]}" if str(e).strip() else "")
         raise OfflineError(f"publishing the report needs the network and a W&B login ({reason}); "
                            f"its spec is {path}") from None
     return path, report.url

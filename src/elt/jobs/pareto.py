@@ -105,7 +105,7 @@ class Search:
         solver = p.get("solver") or {}
         sampler = {**self.sweep.sampler, **solver, "steps": p["steps"]}
         ee = f"_ee{fingerprint(early_exit)[:8]}" if early_exit else ""
-        sv = f"_{solver.get('kind', '')}{fingerprint(solver)[:8]}" if solver else ""  # none: the keys of before
+        sv = f"_{solver.get('kind', '')}{fingerprint(solver)[:8]}" if solver else ""  # no solver: the key is unchanged, so points already cached still match
         # the spec's name for the reader, the plan's hash for uniqueness (a 128-step plan is no file name)
         key = f"s{p['steps']}_{schedule_key(p['schedule'])}_{fingerprint(p['plan'])[:8]}{sv}_seed{seed}_n{per_class}{ee}"
 

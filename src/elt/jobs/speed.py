@@ -47,8 +47,9 @@ class ThroughputMonitor(Callback):
     """Samples/s, tokens/s, TFLOP/s, MFU and data-wait share per device, logged every step (the last
     finished window's values) and shown in the progress bar. ``peak_tflops`` overrides the device's
     peak (a GPU not in the table, a card at other clocks); on a CPU the peak is a GEMM measured at start.
-    ``cuda_sync``: synchronise at each batch end, so the step's GPU work is inside the step and not
-    counted as waiting for data."""
+    ``cuda_sync``: synchronise at the batch end that closes a window, so the window's GPU work is inside
+    its steps and not counted as waiting for data (the split between steps and waits within a window
+    is then approximate; a sync every step would stall the CPU's queueing ahead of the GPU)."""
 
     KEYS = ("samples_per_s", "tokens_per_s", "tflops", "mfu", "data_wait")
 
@@ -90,13 +91,15 @@ class ThroughputMonitor(Callback):
         self.step_start = now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._sync()
+        step = trainer.global_step
+        closing = step - self.logged_step >= self.every_n_steps
+        if closing:  # only where a window closes: a sync every step would stop the CPU queueing ahead of the GPU
+            self._sync()
         now = time.perf_counter()
         self.busy += now - self.step_start
         self.samples += batch_size(batch)
         self.last_end = now
-        step = trainer.global_step
-        if step - self.logged_step >= self.every_n_steps and self.samples:
+        if closing and self.samples:
             self.last = self.figures()
             self.logged_step = step
             self.reset()

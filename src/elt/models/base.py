@@ -29,6 +29,9 @@ def lr_factor(step: int, total: int, warmup_steps: int = 0, kind: str = "cosine"
     return float(min_lr_ratio) + (1 - float(min_lr_ratio)) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+EXPLICIT_NONE = ("cfg_interval", "clip_x0")  # sampler options whose None means "off", not "the default"
+
+
 class LoopedGenerativeModule(L.LightningModule):
     def __init__(
         self,
@@ -187,7 +190,8 @@ class LoopedGenerativeModule(L.LightningModule):
         unknown = set(overrides) - set(cfg)
         if unknown:
             raise ValueError(f"unknown sampler option(s) {sorted(unknown)}; known: {sorted(cfg)}")
-        cfg.update({k: v for k, v in overrides.items() if v is not None})
+        # None keeps the default, except where None is itself a setting (no guidance interval, no clipping)
+        cfg.update({k: v for k, v in overrides.items() if v is not None or k in EXPLICIT_NONE})
         return cfg
 
     def embed(self, inputs: dict):

@@ -105,7 +105,11 @@ class RunLock:
                 if e.errno not in NO_FLOCK:
                     os.close(fd)
                     raise
-                self.refuse_unless_stale(self.read(fd), flock=False)
+                try:
+                    self.refuse_unless_stale(self.read(fd), flock=False)
+                except BaseException:
+                    os.close(fd)
+                    raise
             try:  # the file a holder unlinked while we waited is not the lock any more: retry on the new one
                 if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
                     os.close(fd)
@@ -114,13 +118,16 @@ class RunLock:
                 os.close(fd)
                 continue
             break
-        previous = self.read(fd)
-        if previous.get("pid") is not None and previous.get("pid") != os.getpid():
-            self.refuse_unless_stale(previous, flock=True)
-            self.taken_over = (f"{self.dir}: taking over the lock of a run that ended without releasing it "
-                               f"({describe_holder(previous)})")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(self.record()).encode(), 0)
+        try:
+            previous = self.read(fd)
+            if previous.get("pid") is not None and previous.get("pid") != os.getpid():
+                self.taken_over = (f"{self.dir}: taking over the lock of a run that ended without releasing it "
+                                   f"({describe_holder(previous)})")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(self.record()).encode(), 0)
+        except BaseException:  # a full disk while recording the holder: release the lock, nothing is held
+            os.close(fd)
+            raise
         self.fd = fd
         return self
 

@@ -26,7 +26,6 @@ from elt.core.schedules import ScheduleError
 from elt.samplers.early_exit import EarlyExit, StepLoops, dit_distance
 
 SAMPLERS = SOLVERS
-STOCHASTIC = ("ddpm", "euler_sde")  # the solvers that draw fresh noise every step
 
 
 def noise_like(z: torch.Tensor, generator=None) -> torch.Tensor:

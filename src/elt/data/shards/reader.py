@@ -12,7 +12,9 @@ ranks and workers is unchanged: a run resumed mid-epoch skips the batches alread
 not decoded). With other counts the resumed run sees a fresh but still deterministic stream.
 
 Every shard read whole is checked against the index: its number of samples and its checksum; a
-short or altered shard raises ShardError naming it.
+short or altered shard raises ShardError naming it. Under ``data.skip_bad`` the error is logged and
+counted instead; a checksum or surplus found at the end of a shard is known only after its samples
+were streamed, so those samples have been trained on and the shard counts once.
 """
 from __future__ import annotations
 
