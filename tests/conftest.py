@@ -16,7 +16,7 @@ os.environ.setdefault("ELT_ROOT", str(TESTS.parent))
 torch.set_num_threads(2)
 
 from elt.evaluation import judges  # noqa: E402  (needs the path above)
-from support.config import compose_cfg  # noqa: E402
+from support.config import compose_cfg, tiny_train  # noqa: E402
 
 
 @pytest.fixture
@@ -24,12 +24,7 @@ def train_cfg(tmp_path):
     """A factory: train config shrunk to a handful of CPU steps."""
 
     def make(*overrides: str):
-        base = [
-            "scale=tiny", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64",
-            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-            "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1",
-            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={tmp_path / 'cache'}",
-        ]
+        base = ["scale=tiny", *tiny_train(tmp_path / "cache")]
         return compose_cfg("train", base + list(overrides), tmp_path / "train")
 
     return make

@@ -7,16 +7,13 @@ from elt.experiments.loops_steps import matched_pairs, run_study, verdict
 from elt.jobs.train import train
 from elt.models.dit import DiTELT
 from elt.runtime.config import ConfigError
-from support.config import compose_cfg
+from support.config import compose_cfg, tiny_train
 
 
 @pytest.fixture(scope="module")
 def dit_run(tmp_path_factory, eval_cache):
     tmp = tmp_path_factory.mktemp("loops_steps_run")
-    base = ["experiment=digits_dit", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "N=1", "Lmax=2",
-            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-            "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1",
-            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={eval_cache}"]
+    base = ["experiment=digits_dit", "N=1", "Lmax=2", *tiny_train(eval_cache)]
     return train(compose_cfg("train", base, tmp / "train"))["ckpt_path"], eval_cache
 
 
@@ -98,10 +95,7 @@ def test_pareto_searches_the_solver_axes(dit_run, tmp_path):
 
 def test_study_runs_on_maskgit_with_kinds_null(tmp_path, eval_cache):
     """MaskGIT-ELT has no solvers: study.kinds=null grids steps x loops (and guidance) only."""
-    base = ["scale=tiny", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "N=1", "Lmax=2",
-            "trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
-            "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1",
-            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={eval_cache}"]
+    base = ["scale=tiny", "N=1", "Lmax=2", *tiny_train(eval_cache, steps=1)]
     run = train(compose_cfg("train", base, tmp_path / "train"))["ckpt_path"], eval_cache
     with pytest.raises(ConfigError, match="study.kinds=null for a model without solvers"):
         run_study(study_cfg(run, tmp_path / "a"))

@@ -7,17 +7,14 @@ from elt.runtime.config import ConfigError
 from elt.jobs.pareto import default_schedules, non_dominated, run_search
 from elt.models.maskgit import MaskGITELT
 from elt.jobs.train import train
-from support.config import compose_cfg
+from support.config import compose_cfg, tiny_train
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, eval_cache):
     """A 2-step Lmax=2 checkpoint shared by this module's tests, and the session's evaluation cache."""
     tmp = tmp_path_factory.mktemp("pareto_run")
-    base = ["scale=tiny", "scale.width=32", "scale.heads=2", "scale.mlp_dim=64", "N=1", "Lmax=2",
-            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-            "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1",
-            "data.batch_size=16", "model.scheduler.warmup_steps=1", f"paths.cache_dir={eval_cache}"]
+    base = ["scale=tiny", "N=1", "Lmax=2", *tiny_train(eval_cache)]
     return train(compose_cfg("train", base, tmp / "train"))["ckpt_path"], eval_cache
 
 

@@ -22,6 +22,14 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path | None 
     return cfg if output_dir is None else in_dir(cfg, output_dir)
 
 
+def tiny_train(cache, steps: int = 2) -> list[str]:
+    """train.py overrides for a checkpoint of a few CPU steps at width 32, its evaluation cache ``cache``."""
+    return ["scale.width=32", "scale.heads=2", "scale.mlp_dim=64", f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+            "callbacks.model_checkpoint.every_n_train_steps=1", "data.batch_size=16", "model.scheduler.warmup_steps=1",
+            f"paths.cache_dir={cache}"]
+
+
 def in_dir(cfg, directory: Path):
     """The config with its run writing into ``directory``."""
     with open_dict(cfg):

@@ -18,7 +18,6 @@ the verdict.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -26,17 +25,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from elt.core import schedules
-from elt.evaluation.plots import save_figure
 from elt.evaluation.sweep import LoopSweep
 from elt.evaluation.tables import grid_table
 from elt.experiments.mini_paper.arms import ALPHA
 from elt.experiments.mini_paper.stats import compare, fmt, fmt_p, mean_std
 from elt.jobs.evaluate import load_for_evaluation
-from elt.jobs.pareto import Search, pick_metric
+from elt.jobs.pareto import Search, pick_metric, write_result
 from elt.runtime.cli import launch, run_cli
 from elt.runtime.config import ConfigError
 from elt.runtime.distributed import Ranks
-from elt.runtime.files import write_text_atomic
 from elt.samplers.diffusion import check_options
 
 log = logging.getLogger(__name__)
@@ -172,12 +169,8 @@ def run_study(cfg: DictConfig) -> dict:
     result = {"ckpt_path": str(cfg.ckpt_path), "run": train_cfg.run_name, "metric": metric, "seeds": seeds,
               "samples_per_class": s.samples_per_class, "sampler": sampler, "points": points,
               "verdict": verdict(points, float(match))}
-    write_text_atomic(out / "study.json", json.dumps(result, indent=2, default=str))
-    md = study_markdown(result)
-    write_text_atomic(out / "study.md", md)
-    save_figure(iso_figure(result, f"{train_cfg.run_name}: {model.N}N×{model.Lmax}L"), out / "study.png")
-    print(md)
-    return result
+    return write_result(out / "study", result, study_markdown(result),
+                        iso_figure(result, f"{train_cfg.run_name}: {model.N}N×{model.Lmax}L"))
 
 
 def study_markdown(result: dict) -> str:

@@ -258,11 +258,16 @@ def run_search(cfg: DictConfig) -> dict:
               "seeds": seeds, "samples_per_class": s.samples_per_class, "proxy_per_class": proxy_n,
               "sampler": sampler, "early_exit": ee, "calibration": calibration,
               "front": front, "scored": scored, "proxy": within}
-    write_text_atomic(out / "front.json", json.dumps(result, indent=2, default=str))
-    md = front_table(result)
-    write_text_atomic(out / "front.md", md)
-    save_figure(front_figure(result, f"{train_cfg.run_name}: {model.N}N×{model.Lmax}L"), out / "front.png")
-    print(md)
+    return write_result(out / "front", result, front_table(result),
+                        front_figure(result, f"{train_cfg.run_name}: {model.N}N×{model.Lmax}L"))
+
+
+def write_result(stem: Path, result: dict, markdown: str, figure) -> dict:
+    """A search's files beside each other, ``<stem>.json`` / ``.md`` / ``.png``; prints the table."""
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2, default=str))
+    write_text_atomic(stem.with_suffix(".md"), markdown)
+    save_figure(figure, stem.with_suffix(".png"))
+    print(markdown)
     return result
 
 
