@@ -3,12 +3,13 @@
 DiT-S/2 (12 layers, width 384, 6 heads, learn_sigma) on 32×32×4 latents at batch 8: the official model from the
 ``models.py`` a user points to (it imports timm; neither is a dependency of this project, and the file is never
 copied into it), and DiT-ELT built as 12N×1L with the official weights ported into it (the outputs are checked
-to agree before anything is timed). Timed per repetition, order alternating: forward, and forward + backward of
+to agree before anything is timed). DiT-ELT runs on its default CPU kernels (``elt.runtime.kernels``: fp32
+linears on oneDNN), and again on ATen's own to show what that lever is worth. Timed per repetition, order alternating: forward, and forward + backward of
 a mean-square loss, in fp32 and, on a CPU with native bf16 (AVX512-BF16 / AMX), under bf16 autocast. After each
-repetition a square GEMM at the same precision: DiT-ELT's analytic TFLOP/s over that peak says how close the model
+repetition a square GEMM at the same precision (the faster of MKL and oneDNN): DiT-ELT's analytic TFLOP/s over that peak says how close the model
 gets to the best this machine's matmul does. Results: benchmarks/results/dit_official.{json,md}.
 
-    python benchmarks/dit_official.py /path/to/DiT/models.py [--reps 15] [--threads 1] [--compile]
+    python benchmarks/dit_official.py /path/to/DiT/models.py [--reps 9] [--threads 1] [--compile]
 
 (``git show HEAD:models.py`` in a clone of github.com/facebookresearch/DiT gives the file; ``pip install timm``.)
 """
@@ -31,6 +32,8 @@ from ilsd_overhead import table_lines, write_results  # noqa: E402
 
 from elt.encoders.tokenizers import PixelAutoencoder  # noqa: E402
 from elt.models import DiTELT  # noqa: E402
+from elt.runtime.kernels import set_cpu_kernels  # noqa: E402
+from elt.runtime.peak import gemm_tflops_now  # noqa: E402
 from elt.runtime.precision import bf16_supported  # noqa: E402
 
 BATCH, LATENT = 8, (4, 32, 32)
@@ -114,16 +117,9 @@ def timed(fn, backward: bool, bf16: bool, calls: int) -> float:
 
 
 def gemm_tflops(bf16: bool, size: int = 1024, calls: int = 3) -> float:
-    """The best of ``calls`` square matmuls at the benchmark's precision, in TFLOP/s: this moment's GEMM peak."""
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
-    best = float("inf")
-    for _ in range(calls):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e12
+    """This moment's GEMM peak at the benchmark's precision, in TFLOP/s: the best square matmul over ATen's
+    kernel and oneDNN's (elt.runtime.peak), so a faster library does not inflate the share."""
+    return gemm_tflops_now(torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32, size, calls)
 
 
 def measure(fns: dict, backward: bool, bf16: bool, reps: int, calls: int, flops: float) -> dict:
@@ -151,10 +147,12 @@ def measure(fns: dict, backward: bool, bf16: bool, reps: int, calls: int, flops:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models_py", help="facebookresearch/DiT's models.py (git show HEAD:models.py > /tmp/dit_models.py)")
-    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--reps", type=int, default=9)
     p.add_argument("--calls", type=int, default=3, help="calls per timed repetition")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     p.add_argument("--compile", action="store_true", help="also time DiT-ELT with its blocks torch.compiled")
+    p.add_argument("--no-aten-rows", action="store_true",
+                   help="skip the fp32 rows with DiT-ELT on ATen's kernels (cpu_kernels=aten)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dit_official.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -169,11 +167,15 @@ def main(argv=None):
     precisions = [False] + ([True] if bf16_supported("cpu") else [])
     rows = []
 
-    def row(backward: bool, bf16: bool, compiled: bool) -> dict:
+    def row(backward: bool, bf16: bool, compiled: bool, kernels: str = "auto") -> dict:
         flops = flops_fwd * (3 if backward else 1)
-        r = measure(fns, backward, bf16, args.reps, args.calls, flops)
+        set_cpu_kernels(kernels)
+        try:
+            r = measure(fns, backward, bf16, args.reps, args.calls, flops)
+        finally:
+            set_cpu_kernels("auto")
         out = {"precision": "bf16 autocast" if bf16 else "fp32", "pass": "fwd+bwd" if backward else "fwd",
-               "compiled": compiled, **r, "ours_tflops": flops / r["ours_s"] / 1e12,
+               "compiled": compiled, "kernels": kernels, **r, "ours_tflops": flops / r["ours_s"] / 1e12,
                "official_tflops": flops / r["official_s"] / 1e12, "target_speedup": 1.15, "target_of_gemm": 0.85}
         print(out, flush=True)
         return out
@@ -181,6 +183,9 @@ def main(argv=None):
     for bf16 in precisions:
         for backward in (False, True):
             rows.append(row(backward, bf16, False))
+    if not args.no_aten_rows:  # the lever: the same model on ATen's own kernels
+        for backward in (False, True):
+            rows.append(row(backward, False, False, "aten"))
     if args.compile:
         ours.backbone.compile_blocks()
         fns = runners(official, ours)
@@ -194,10 +199,12 @@ def main(argv=None):
              "speed-up = official time / DiT-ELT time (median, min–max over repetitions); TFLOP/s are DiT-ELT's analytic "
              "FLOPs (matmuls, multiply-add = 2; backward = 2 forwards) over its time; of GEMM = that over a 1024² "
              "matmul's best TFLOP/s measured right after each repetition at the same precision and thread count (median, "
-             "min–max over repetitions).", "",
-             *table_lines(["precision", "pass", "DiT-ELT compiled", "official (ms)", "DiT-ELT (ms)", "speed-up",
+             "min–max over repetitions); the GEMM is the faster of ATen's (MKL) and oneDNN's. DiT-ELT kernels: auto = "
+             "its defaults (elt.runtime.kernels: fp32 linears on oneDNN), aten = PyTorch's own kernels, as the "
+             "official code runs.", "",
+             *table_lines(["precision", "pass", "DiT-ELT compiled", "DiT-ELT kernels", "official (ms)", "DiT-ELT (ms)", "speed-up",
                            "target", "DiT-ELT TFLOP/s", "GEMM TFLOP/s", "DiT-ELT of GEMM", "target "],
-                          [[r["precision"], r["pass"], "yes" if r["compiled"] else "no", f"{1e3 * r['official_s']:.1f}",
+                          [[r["precision"], r["pass"], "yes" if r["compiled"] else "no", r["kernels"], f"{1e3 * r['official_s']:.1f}",
                             f"{1e3 * r['ours_s']:.1f}",
                             f"{r['speedup_median']:.2f}× ({r['speedup_min']:.2f}–{r['speedup_max']:.2f})",
                             f"≥ {r['target_speedup']}×", f"{r['ours_tflops']:.3f}", f"{r['gemm_tflops']:.3f}",

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from elt.runtime.kernels import Linear, linear
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN's x·(1 + scale) + shift in one pass over x (addcmul), not a product and then a sum."""
@@ -48,11 +50,11 @@ class Block(nn.Module):
         self.dropout = dropout
         affine = cond_dim is None  # adaLN supplies shift/scale, so the norms carry no affine params
         self.norm1 = nn.LayerNorm(width, elementwise_affine=affine, eps=1e-6)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=affine, eps=1e-6)
-        self.fc1 = nn.Linear(width, mlp_dim)
-        self.fc2 = nn.Linear(mlp_dim, width)
+        self.fc1 = Linear(width, mlp_dim)
+        self.fc2 = Linear(mlp_dim, width)
         self.modulation = Modulation(nn.SiLU(), nn.Linear(cond_dim, 6 * width)) if cond_dim is not None else None
 
     def modulation_params(self, cond: torch.Tensor | None):
@@ -68,7 +70,7 @@ class Block(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, gelu=True))
 
     def forward(self, x: torch.Tensor, mod=None) -> torch.Tensor:
         if mod is None:

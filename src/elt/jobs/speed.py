@@ -23,6 +23,7 @@ from elt.core.flops import tokens_per_sample, training_flops_per_sample
 from elt.core.optim import with_fused
 from elt.runtime.config import ConfigError
 from elt.runtime.devices import set_sdpa_backend
+from elt.runtime.kernels import set_cpu_kernels
 from elt.runtime.peak import peak_flops
 from elt.runtime.precision import set_tf32
 
@@ -129,15 +130,20 @@ class SpeedDefaults(Callback):
     under bf16 autocast's bf16 matmuls). ``fused_adamw``: auto (fused on CUDA) | true | false, for an AdamW
     built from the model's optimizer config (one kernel for all parameters instead of a loop of small
     ones). ``sdpa``: auto (PyTorch's choice: flash, then memory-efficient, then math) | flash | efficient |
-    math (forcing one is for diagnosis; a kernel the inputs do not fit raises)."""
+    math (forcing one is for diagnosis; a kernel the inputs do not fit raises). ``cpu_kernels``: auto (fp32
+    linears on oneDNN where ATen's MKL runs below the CPU's peak, ``elt.runtime.kernels``) | aten."""
 
-    def __init__(self, tf32: bool = True, fused_adamw="auto", sdpa: str = "auto"):
+    def __init__(self, tf32: bool = True, fused_adamw="auto", sdpa: str = "auto", cpu_kernels: str = "auto"):
         if not isinstance(tf32, bool):
             raise ConfigError(f"callbacks.speed.tf32 must be true or false, got {tf32!r}")
         if fused_adamw not in ("auto", True, False):
             raise ConfigError(f"callbacks.speed.fused_adamw must be auto, true or false, got {fused_adamw!r}")
-        self.tf32, self.fused_adamw, self.sdpa = tf32, fused_adamw, sdpa
+        self.tf32, self.fused_adamw, self.sdpa, self.cpu_kernels = tf32, fused_adamw, sdpa, cpu_kernels
         set_sdpa_backend(sdpa, check_only=True)
+        try:
+            set_cpu_kernels(cpu_kernels, check_only=True)
+        except ConfigError as e:
+            raise ConfigError(f"callbacks.speed.{e}") from None
 
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
@@ -145,7 +151,9 @@ class SpeedDefaults(Callback):
         device_type = trainer.strategy.root_device.type
         set_tf32(self.tf32)
         set_sdpa_backend(self.sdpa)
+        set_cpu_kernels(self.cpu_kernels)
         fused = device_type == "cuda" if self.fused_adamw == "auto" else self.fused_adamw
         if hasattr(pl_module, "optimizer_factory"):  # None: AdamW's defaults (LoopedGenerativeModule)
             pl_module.optimizer_factory = with_fused(pl_module.optimizer_factory, fused)
-        log.info("speed defaults on %s: tf32=%s, fused AdamW=%s, sdpa=%s", device_type, self.tf32, fused, self.sdpa)
+        log.info("speed defaults on %s: tf32=%s, fused AdamW=%s, sdpa=%s, cpu_kernels=%s", device_type, self.tf32,
+                 fused, self.sdpa, self.cpu_kernels)

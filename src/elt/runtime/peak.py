@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from elt.runtime.kernels import linear
+
 # TFLOP/s, dense. Sources: NVIDIA's A100 / H100 / H200 / L4 / L40S datasheets and the Ada whitepaper
 # (RTX 4090: bf16 with fp32 accumulation, which is what PyTorch's matmuls use).
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -44,21 +46,28 @@ def gpu_entry(name: str) -> dict[str, float] | None:
 @functools.lru_cache(maxsize=None)
 def measured_gemm_tflops(device: str, dtype: torch.dtype = torch.float32, size: int = 1024, reps: int = 5,
                          threads: int | None = None) -> float:
-    """Best of ``reps`` square ``size`` matmuls (after one warm-up), in TFLOP/s. ``threads`` only keys the
-    cache: a run that changes the thread count measures again."""
+    """Best of ``reps`` square ``size`` matmuls (after one warm-up), in TFLOP/s, over ATen's matmul and, on a
+    CPU, the ``kernels.linear`` path (oneDNN where ATen's MKL runs below the core's peak): the best this
+    machine does. ``threads`` only keys the cache: a run that changes the thread count measures again."""
     del threads
-    dev = torch.device(device)
+    return gemm_tflops_now(torch.device(device), dtype, size, reps)
+
+
+def gemm_tflops_now(dev: torch.device, dtype: torch.dtype, size: int = 1024, reps: int = 5) -> float:
+    """``measured_gemm_tflops`` without the cache: this moment's peak (benchmarks take one per repetition)."""
     g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move a run's global RNG
     a, b = (torch.randn(size, size, generator=g).to(dev, dtype) for _ in range(2))
+    kernels = [lambda: a @ b] + ([lambda: linear(a, b)] if dev.type == "cpu" else [])
     best = float("inf")
-    for _ in range(reps + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        best = min(best, time.perf_counter() - start)
+    for fn in kernels:
+        for _ in range(reps + 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            start = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best / 1e12
 
 

@@ -1,0 +1,111 @@
+"""CPU matmul kernels that PyTorch's defaults leave unused, behind one switch (``cpu_kernels``).
+
+fp32 linear layers: ATen sends CPU fp32 matmuls to MKL, which takes its AVX-512 code paths on Intel CPUs
+only; on other x86 CPUs (AMD EPYC) it runs its AVX2 path at about half of what the core can do, while
+oneDNN's JIT GEMM, shipped in every x86 PyTorch build, runs near the core's peak on both
+(benchmarks/results/dit_official.md: DiT-S/2 on an AMD EPYC). ``linear`` therefore sends fp32 CPU
+matmuls of at least ``ONEDNN_MIN_MACS`` multiply-adds to oneDNN, forward and backward (three GEMMs, as
+ATen's). Smaller ones stay on ATen: oneDNN's per-call set-up costs more than it saves below a few MFLOP. Under a
+dispatch mode (``torch.utils.flop_counter``, fake tensors) or ``torch.compile`` everything stays on ATen,
+so counters and compilers see the ops they know.
+bf16 matmuls (autocast) already run on oneDNN; there ``linear(..., gelu=True)`` without autograd fuses
+the tanh-GELU into the GEMM's epilogue, which saves a pass in fp32 over the MLP's widest activation.
+
+``auto`` (the default) uses these paths; ``aten`` restores PyTorch's choices everywhere (to compare, or
+to reproduce numbers computed with them: the two differ only in floating-point rounding).
+"""
+from __future__ import annotations
+
+import functools
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from elt.runtime.config import ConfigError
+
+MODES = ("auto", "aten")
+ONEDNN_MIN_MACS = 1 << 21  # M·K·N: below this oneDNN's set-up outweighs its faster GEMM (measured, 1 thread)
+_mode = "auto"
+
+
+def set_cpu_kernels(mode: str, check_only: bool = False) -> None:
+    """``auto`` | ``aten`` for this process (see the module docstring)."""
+    global _mode
+    if mode not in MODES:
+        raise ConfigError(f"cpu_kernels must be one of {', '.join(MODES)}, got {mode!r}")
+    if not check_only:
+        _mode = mode
+
+
+def cpu_kernels() -> str:
+    return _mode
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_available() -> bool:
+    """oneDNN's linear is there and runs (x86 builds with mkldnn; other CPUs keep ATen's kernels)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x = torch.ones(2, 3)
+        return bool(torch.allclose(_onednn(x, torch.ones(4, 3), None), torch.full((2, 4), 3.0)))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none") -> torch.Tensor:
+    """x @ weightᵀ + bias (then ``act``) in oneDNN; strided views are read in place."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "tanh" if act == "gelu" else "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad2 = grad.reshape(-1, grad.shape[-1])
+        grad_x = _onednn(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
+        grad_w = _onednn(grad2.t(), x.reshape(-1, x.shape[-1]).t(), None) if ctx.needs_input_grad[1] else None
+        grad_b = grad2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def _plain(t: torch.Tensor | None) -> bool:
+    return t is None or type(t) in (torch.Tensor, nn.Parameter)  # not a DTensor or another subclass
+
+
+def _cpu_autocast_bf16() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           gelu: bool = False) -> torch.Tensor:
+    """``F.linear`` (then tanh-GELU when ``gelu``) on the fastest CPU kernel this process may use."""
+    if _mode == "auto" and x.device.type == "cpu" and _plain(x) and _plain(weight) and _plain(bias) \
+            and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None and onednn_available():
+        if _cpu_autocast_bf16():
+            if gelu and not torch.is_grad_enabled():
+                b = None if bias is None else bias.to(torch.bfloat16)
+                return _onednn(x.to(torch.bfloat16), weight.to(torch.bfloat16), b, "gelu")
+        elif x.dtype == weight.dtype == torch.float32 and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS:
+            y = _OneDNNLinear.apply(x, weight, bias) if torch.is_grad_enabled() else _onednn(x, weight, bias)
+            return F.gelu(y, approximate="tanh") if gelu else y
+    y = F.linear(x, weight, bias)
+    return F.gelu(y, approximate="tanh") if gelu else y
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict names) whose forward is ``linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)

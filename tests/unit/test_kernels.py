@@ -1,0 +1,98 @@
+"""The CPU kernel switch (elt.runtime.kernels): same results as ATen, gradients included, on the path it claims."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from elt.core.backbone import Block
+from elt.runtime import kernels
+from elt.runtime.config import ConfigError
+
+needs_onednn = pytest.mark.skipif(not kernels.onednn_available(), reason="no oneDNN linear in this build")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Counts the oneDNN GEMMs (forward and backward) that ``linear`` makes."""
+    calls = []
+    real = kernels._onednn
+
+    def spy(*args, **kw):
+        calls.append(args[3] if len(args) > 3 else kw.get("act", "none"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kernels, "_onednn", spy)
+    yield calls
+    kernels.set_cpu_kernels("auto")
+
+
+def _reference(x, w, b, gelu):
+    y = F.linear(x, w, b)
+    return F.gelu(y, approximate="tanh") if gelu else y
+
+
+@needs_onednn
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_aten_with_gradients(onednn_calls, gelu, bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 96, generator=g, requires_grad=True)  # 3-d input, as the blocks pass it
+    w = (0.1 * torch.randn(384, 96, generator=g)).requires_grad_()
+    b = torch.randn(384, generator=g).requires_grad_() if bias else None
+    leaves = [t for t in (x, w, b) if t is not None]
+    ours = kernels.linear(x, w, b, gelu=gelu)
+    grads = torch.autograd.grad(ours.square().sum(), leaves)
+    assert len(onednn_calls) == 3  # forward, grad input, grad weight: all on oneDNN
+    ref = _reference(x, w, b, gelu)
+    ref_grads = torch.autograd.grad(ref.square().sum(), leaves)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_small_or_counted_or_switched_off_stays_on_aten(onednn_calls):
+    w = torch.randn(16, 8)
+    kernels.linear(torch.randn(4, 8), w)  # 512 multiply-adds: below ONEDNN_MIN_MACS
+    big_x, big_w = torch.randn(256, 128), torch.randn(384, 128)
+    with FlopCounterMode(display=False) as counter:  # counters must see the matmul
+        kernels.linear(big_x, big_w)
+    assert counter.get_total_flops() == 2 * 256 * 128 * 384
+    kernels.set_cpu_kernels("aten")
+    kernels.linear(big_x, big_w)
+    assert onednn_calls == []
+    kernels.set_cpu_kernels("auto")
+    kernels.linear(big_x, big_w)
+    assert onednn_calls == ["none"]
+
+
+@needs_onednn
+def test_bf16_autocast_fuses_gelu_only_without_autograd(onednn_calls):
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(64, 96, generator=g), 0.1 * torch.randn(384, 96, generator=g), torch.randn(384, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            fused = kernels.linear(x, w, b, gelu=True)
+        ref = _reference(x, w, b, True)
+        kernels.linear(x, w.requires_grad_(), b, gelu=True)  # with autograd: autocast's own path
+    assert onednn_calls == ["gelu"]
+    assert fused.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_onednn
+def test_block_runs_its_matmuls_on_onednn_with_the_same_output(onednn_calls):
+    torch.manual_seed(0)
+    blk = Block(width=128, heads=4, mlp_dim=512)
+    x = torch.randn(2, 64, 128)  # every matmul at least ONEDNN_MIN_MACS
+    out = blk(x)
+    out.sum().backward()
+    assert len(onednn_calls) == 4 * 3  # qkv, proj, fc1, fc2: forward and two backward GEMMs each
+    kernels.set_cpu_kernels("aten")
+    torch.testing.assert_close(blk(x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_mode_is_one_line():
+    with pytest.raises(ConfigError, match="cpu_kernels must be one of auto, aten, got 'mkl'"):
+        kernels.set_cpu_kernels("mkl")
+    assert kernels.cpu_kernels() == "auto"
