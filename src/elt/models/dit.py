@@ -25,6 +25,7 @@ from elt.core.ema import EMA
 from elt.core.positions import sincos_positions
 from elt.encoders.tokenizers import Autoencoder
 from elt.models.base import LoopedGenerativeModule
+from elt.runtime.kernels import Linear
 from elt.samplers import diffusion as sampling
 
 TIME_FREQ_DIM = 256  # DiT's timestep sinusoid width
@@ -114,7 +115,7 @@ class DiTELT(LoopedGenerativeModule):
         )
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.final_linear = nn.Linear(width, math.prod(self.patch) * self.out_channels)
+        self.final_linear = Linear(width, math.prod(self.patch) * self.out_channels)
         self.init_weights()
         # built last, from every parameter above; None = no EMA (sampling uses the live weights)
         self.ema = EMA(self.parameters(), ema_decay, ema_warmup) if ema_decay is not None else None

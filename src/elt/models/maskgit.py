@@ -16,6 +16,7 @@ from elt.core.backbone import LoopedBackbone
 from elt.core.positions import POS_INITS, sincos_1d, sincos_2d
 from elt.encoders.tokenizers import Tokenizer
 from elt.models.base import LoopedGenerativeModule
+from elt.runtime.kernels import Linear
 from elt.samplers import maskgit as decoding
 
 
@@ -80,7 +81,7 @@ class MaskGITELT(LoopedGenerativeModule):
             width, heads, N, mlp_dim, Lmax=Lmax, input_injection=input_injection,
             loop_embedding=loop_embedding, dropout=dropout, checkpointing=checkpointing,
         )
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab))  # shared by every exit
+        self.head = nn.Sequential(nn.LayerNorm(width), Linear(width, vocab))  # shared by every exit
         for t in (self.token_embed.weight, self.class_embed.weight, self.pos_embed, self.head[1].weight):
             nn.init.normal_(t, std=0.02)
         nn.init.zeros_(self.head[1].bias)
