@@ -497,3 +497,98 @@ def test_dit_on_posterior_shards_with_random_flips_resumes_mid_epoch_bit_exactly
     step3 = tmp_path / "a" / "checkpoints" / "step000003.ckpt"
     resumed = train(in_dir(train_cfg(*common, f"ckpt_path={step3}"), tmp_path / "b"))
     assert_same_weights(weights(reference["ckpt_path"]), weights(resumed["ckpt_path"]))
+
+
+def epochs_of(loader, epochs: list[int], trainer) -> list[list[tuple]]:
+    """Each epoch's batches as (keys, label tensor, token tensor), the epoch set on the (stand-in) trainer."""
+    out = []
+    for e in epochs:
+        trainer.current_epoch = e
+        out.append([(b["key"], b["label"], b["tokens"]) for b in loader])
+    return out
+
+
+def test_persistent_workers_read_the_stream_fresh_workers_read_across_epochs_and_on_resume(imagenet, tmp_path):
+    """Kept workers hold the stream they started with: the epoch and the batches to skip must still
+    reach them. 3 epochs of 6 batches (2 workers) with kept workers = with fresh ones; a run resumed
+    3 batches into epoch 1 reads the rest of it in order (its next batch is worker 1's), then epoch 2."""
+    from types import SimpleNamespace
+
+    from elt.data.shards.datamodule import ShardDataModule
+
+    data = image_data(imagenet, tmp_path / "shards", *PIXEL_TOKENS)
+    prepare(prepare_cfg(tmp_path, data, "prepare.splits=[train]"))
+
+    def loader(persistent, resume=(0, 0)):
+        dm = ShardDataModule(str(tmp_path / "shards"), batch_size=2, name="imagenet", num_classes=3,
+                             image_shape=[3, 8, 8], num_workers=2, persistent_workers=persistent)
+        dm.shuffle_seed = 7
+        dm._resume.update(epoch=resume[0], batches=resume[1])
+        dm.trainer = trainer
+        return dm.train_dataloader()
+
+    trainer = SimpleNamespace(current_epoch=0, world_size=1, global_rank=0,
+                              strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    fresh, kept = loader(False), loader("auto")
+    assert kept.persistent_workers and not fresh.persistent_workers and not kept.pin_memory  # auto on a CPU
+    rng = torch.get_rng_state()
+    ref = epochs_of(fresh, [0, 1, 2], trainer)
+    assert [len(e) for e in ref] == [6, 6, 6] and [k for k, _, _ in ref[0]] != [k for k, _, _ in ref[1]]
+
+    def same(a, b):
+        assert [k for k, _, _ in a] == [k for k, _, _ in b]
+        for (_, la, xa), (_, lb, xb) in zip(a, b):
+            assert torch.equal(la, lb) and torch.equal(xa, xb)
+
+    for a, b in zip(ref, epochs_of(kept, [0, 1, 2], trainer)):
+        same(a, b)
+    resumed = epochs_of(loader("auto", resume=(1, 3)), [1, 2], trainer)
+    same(resumed[0], ref[1][3:])
+    same(resumed[1], ref[2])
+    assert torch.equal(rng, torch.get_rng_state())  # the loaders drew their seeds from their own generators
+
+
+def test_loader_options_resolve_auto_and_refuse_bad_values_in_one_line(imagenet, tmp_path, train_cfg, capsys):
+    from types import SimpleNamespace
+
+    from elt.data.shards.datamodule import ShardDataModule
+
+    def dm(**kw):
+        return ShardDataModule(str(tmp_path), batch_size=2, name="imagenet", num_classes=3, image_shape=[3, 8, 8], **kw)
+
+    on = dm(num_workers=2)
+    assert on.loader_options(2, "train")["pin_memory"] is False  # no trainer: nothing to pin for
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        on.trainer = SimpleNamespace(world_size=1, global_rank=0, strategy=SimpleNamespace(root_device=torch.device(device)))
+        opts = on.loader_options(2, "train")
+        assert opts["pin_memory"] is pinned and opts["persistent_workers"] and opts["prefetch_factor"] == 2
+    off = dm(num_workers=0).loader_options(0, "train")
+    assert not off["persistent_workers"] and off["prefetch_factor"] is None  # what DataLoader wants without workers
+    assert dm(num_workers=2, pin_memory=True, persistent_workers=False).loader_options(2, "val")["pin_memory"] is True
+    for kw, words in ((dict(pin_memory="yes"), "data.pin_memory must be auto, true or false, got 'yes'"),
+                      (dict(persistent_workers=1), "data.persistent_workers must be auto, true or false, got 1"),
+                      (dict(prefetch_factor=0), "data.prefetch_factor must be an integer >= 1"),
+                      (dict(prefetch_factor=2.5), "data.prefetch_factor must be an integer >= 1"),
+                      (dict(persistent_workers=True), r"data.persistent_workers=true needs loader workers")):
+        with pytest.raises(ConfigError, match=words):
+            dm(**kw)
+    data = image_data(imagenet, tmp_path / "shards", *PIXEL_TOKENS)
+    with pytest.raises(SystemExit):  # through train.py's job: one line naming the key
+        run_cli(train, train_cfg(*data, "data.prefetch_factor=0"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.prefetch_factor" in err[0], err
+
+
+def test_training_with_persistent_workers_resumes_across_an_epoch_boundary_bit_exactly(imagenet, tmp_path, train_cfg):
+    """train.py with 2 kept loader workers (6 batches an epoch): 8 steps end where fresh workers end, and
+    so does a run resumed at step 3, whose kept workers then start epoch 1 from its beginning."""
+    data = [o for o in image_data(imagenet, tmp_path / "shards", *PIXEL_TOKENS) if o != "data.num_workers=0"]
+    prepare(prepare_cfg(tmp_path, data))
+    common = [*data, "data.num_workers=2", "data.batch_size=2", "N=1", "Lmax=2", "trainer.max_steps=8", "logger=csv",
+              "callbacks.model_checkpoint.every_n_train_steps=3"]
+    reference = train(in_dir(train_cfg(*common), tmp_path / "a"))
+    fresh = train(in_dir(train_cfg(*common, "data.persistent_workers=false"), tmp_path / "b"))
+    assert_same_weights(weights(reference["ckpt_path"]), weights(fresh["ckpt_path"]))
+    step3 = tmp_path / "a" / "checkpoints" / "step000003.ckpt"
+    resumed = train(in_dir(train_cfg(*common, f"ckpt_path={step3}"), tmp_path / "c"))
+    assert_same_weights(weights(reference["ckpt_path"]), weights(resumed["ckpt_path"]))

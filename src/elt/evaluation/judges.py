@@ -141,7 +141,8 @@ def judge_name(dataset: str) -> str:
     return f"{dataset}_cnn"
 
 
-LOADER_KEYS = ("batch_size", "num_workers", "cache_dir", "root", "shuffle_buffer", "skip_bad", "max_bad_fraction")
+LOADER_KEYS = ("batch_size", "num_workers", "cache_dir", "root", "shuffle_buffer", "skip_bad", "max_bad_fraction",
+               "pin_memory", "persistent_workers", "prefetch_factor")
 
 
 def data_key(data_module_cfg: DictConfig | dict) -> dict:

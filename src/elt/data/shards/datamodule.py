@@ -32,17 +32,33 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
     seeded by (run seed, rank, batch counter), so a resumed run draws what the uninterrupted one
     would: with ``data.flip=random`` (shards holding both encodings) each sample's original or mirror;
     with a stored AutoencoderKL posterior a fresh latent, or its mean where the model's autoencoder
-    has ``sample=false``. Validation reads originals and means."""
+    has ``sample=false``. Validation reads originals and means.
+
+    Loader options (``loader_options``): ``pin_memory`` auto = on when the trainer's device is CUDA
+    (page-locked batches copy to the GPU asynchronously); ``persistent_workers`` auto = on with
+    workers (no worker start-up at each epoch and validation pass; the epoch and the batches to
+    skip reach kept workers through the stream's shared position, see ``EpochLoader``);
+    ``prefetch_factor`` batches queued per worker (PyTorch's 2)."""
 
     def __init__(self, root: str, batch_size: int, name: str, num_classes: int, image_shape, num_workers: int = 0,
                  raw: dict | None = None, raw_root: str | None = None, shuffle_buffer: int = 1000,
                  skip_bad: bool = False, max_bad_fraction: float = 0.001, train_split: str = "train",
-                 val_split: str = "val"):
+                 val_split: str = "val", pin_memory="auto", persistent_workers="auto", prefetch_factor: int = 2):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if not 0 <= float(max_bad_fraction) < 1:
             raise ValueError(f"data.max_bad_fraction must be in [0, 1), got {max_bad_fraction}")
+        for key, value in (("pin_memory", pin_memory), ("persistent_workers", persistent_workers)):
+            if not (isinstance(value, bool) or value == "auto"):
+                raise ConfigError(f"data.{key} must be auto, true or false, got {value!r}")
+        if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be an integer >= 1 (batches queued per loader worker), "
+                              f"got {prefetch_factor!r}")
+        if persistent_workers is True and int(num_workers) == 0:
+            raise ConfigError("data.persistent_workers=true needs loader workers to keep: set data.num_workers > 0 "
+                              "(or data.persistent_workers=auto)")
+        self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
         self.root, self.batch_size, self.num_workers = Path(root), int(batch_size), int(num_workers)
         self.name, self.num_classes, self.image_shape = name, int(num_classes), tuple(int(s) for s in image_shape)
         self.raw, self.raw_root = dict(raw or {}), raw_root
@@ -118,6 +134,19 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
                               f"batch per worker to train on")
         return per_rank
 
+    def loader_options(self, workers: int, stage: str) -> dict:
+        """A DataLoader's keyword arguments with ``workers`` workers, the auto settings resolved. Its own
+        generator (for the workers' base seed, which the stream does not use) leaves the global RNGs
+        as they were, persistent workers or not, so a resumed run's dropout draws are the uninterrupted
+        run's."""
+        trainer = self.trainer
+        cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        keep = workers > 0 and self.persistent_workers in ("auto", True)
+        world, rank = self.ranks()
+        return {"num_workers": workers, "pin_memory": cuda if self.pin_memory == "auto" else self.pin_memory,
+                "persistent_workers": keep, "prefetch_factor": self.prefetch_factor if workers > 0 else None,
+                "generator": torch.Generator().manual_seed(mix_seed(self.shuffle_seed, rank, stage, "loader"))}
+
     def train_dataloader(self):
         world, rank = self.ranks()
         index = self.index.get("train") or self.load_index("train", True)
@@ -126,7 +155,7 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
                              shuffle_buffer=self.shuffle_buffer, skip_bad=self.skip_bad,
                              max_bad_fraction=self.max_bad_fraction)
         epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: stream.epoch)
-        return EpochLoader(stream, epoch_fn, self._resume, num_workers=self.num_workers)
+        return EpochLoader(stream, epoch_fn, self._resume, **self.loader_options(self.num_workers, "train"))
 
     def val_dataloader(self):
         index = self.index.get("val")
@@ -137,7 +166,7 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
         workers = min(self.num_workers, len(index["shards"]))
         stream = ShardStream(self.split_dir("val"), index, self.batch_size, rank, world, train=False,
                              skip_bad=self.skip_bad, max_bad_fraction=self.max_bad_fraction, workers=workers)
-        return DataLoader(stream, batch_size=None, num_workers=workers)
+        return DataLoader(stream, batch_size=None, **self.loader_options(workers, "val"))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Errors from the loader workers as one line; skipped samples counted and logged."""

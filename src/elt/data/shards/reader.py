@@ -183,7 +183,25 @@ class ShardStream(IterableDataset):
         self.batch_size, self.rank, self.world, self.train, self.seed = batch_size, rank, world, train, seed
         self.batches, self.shuffle_buffer = batches, shuffle_buffer
         self.skip_bad, self.max_bad_fraction = skip_bad, max_bad_fraction
-        self.epoch, self.skip = 0, 0
+        # (epoch, batches to skip) in shared memory: a persistent DataLoader worker keeps the copy of
+        # this object it was started with, so what changes per epoch must be read from here
+        self.position = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self.position[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.position[0] = int(value)
+
+    @property
+    def skip(self) -> int:
+        return int(self.position[1])
+
+    @skip.setter
+    def skip(self, value: int) -> None:
+        self.position[1] = int(value)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank; validation: every worker's batches, its last one partial."""
@@ -196,7 +214,7 @@ class ShardStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         return (info.id, info.num_workers) if info is not None else (0, 1)
 
-    def passes(self, w: int, workers: int) -> Iterator[list[tuple[dict, int, int]]]:
+    def passes(self, w: int, workers: int, epoch: int = 0) -> Iterator[list[tuple[dict, int, int]]]:
         """This worker's sample ranges: once in order (val), or per pass k = 0, 1, ... its deal of the
         permutation drawn from (seed, epoch, k) (train; pass 0 is the epoch, later passes only
         serve a worker whose samples ran short)."""
@@ -205,7 +223,7 @@ class ShardStream(IterableDataset):
             yield [(s, 0, s["samples"]) for s in mine[w::workers]]
             return
         for k in range(10**9):
-            order = np.random.default_rng([self.seed, self.epoch, k]).permutation(len(self.shards))
+            order = np.random.default_rng([self.seed, epoch, k]).permutation(len(self.shards))
             yield deal([self.shards[i] for i in order], self.rank * workers + w, self.world * workers)
 
     def samples(self, parts: list[tuple[dict, int, int]], stats: dict) -> Iterator[dict]:
@@ -243,28 +261,32 @@ class ShardStream(IterableDataset):
                              f"(last: {e}); re-prepare the damaged shards or raise data.max_bad_fraction")
         log.warning("skipped %d bad sample(s): %s", lost, e)
 
-    def stream(self, w: int, workers: int, stats: dict) -> Iterator[dict]:
+    def stream(self, w: int, workers: int, stats: dict, epoch: int = 0) -> Iterator[dict]:
         """Undecoded samples; in training each pass goes through its own shuffle buffer, so the
         buffer never mixes an epoch's samples with the next pass's."""
         import random
 
         import webdataset as wds
 
-        rng = random.Random(stream_seed(self.seed, self.epoch, self.rank, w))
-        for parts in self.passes(w, workers):
+        rng = random.Random(stream_seed(self.seed, epoch, self.rank, w))
+        for parts in self.passes(w, workers, epoch):
             source = self.samples(parts, stats)
             if self.train:
                 source = wds.filters._shuffle(source, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
             yield from source
 
     def __iter__(self):
-        w, workers = self.worker()
+        p, workers = self.worker()
+        epoch, skip = (int(v) for v in self.position)  # read once: the pass is a function of these
+        # The DataLoader takes batches from its workers in turn starting with worker 0, and batch j of
+        # the epoch is slot j % workers's: after ``skip`` batches, loader worker p reads slot w below
+        w = (p + skip) % workers if self.train else p
         stats = {"opened": 0, "bad": 0}
         try:
-            source = self.stream(w, workers, stats)
+            source = self.stream(w, workers, stats, epoch)
             quota = None
             if self.train:
-                skip = self.skip // workers + (w < self.skip % workers)
+                skip = skip // workers + (w < skip % workers)
                 for _ in zip(range(skip * self.batch_size), source):  # the resumed epoch's batches already trained on
                     pass
                 quota = self.batches // workers - skip
@@ -296,10 +318,13 @@ class ShardStream(IterableDataset):
 
 class EpochLoader(DataLoader):
     """Tells its ShardStream the epoch (the trainer's, so a resumed run continues its numbering)
-    and how many batches of it to skip, before each pass starts its workers."""
+    and how many batches of it to skip, before each pass starts or resumes its workers. Both travel
+    in the stream's shared ``position``, so persistent workers (``persistent_workers=True``), which
+    keep the stream they were started with, read each epoch's values: the order of a pass is the
+    same with and without them. ``kw``: the other DataLoader options (workers, pinning, prefetch)."""
 
     def __init__(self, dataset: ShardStream, epoch_fn, resume: dict, **kw):
-        super().__init__(dataset, batch_size=None, persistent_workers=False, **kw)
+        super().__init__(dataset, batch_size=None, **kw)
         self.epoch_fn, self.resume = epoch_fn, resume
 
     def __iter__(self):
