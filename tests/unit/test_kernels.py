@@ -96,3 +96,26 @@ def test_unknown_mode_is_one_line():
     with pytest.raises(ConfigError, match="cpu_kernels must be one of auto, aten, got 'mkl'"):
         kernels.set_cpu_kernels("mkl")
     assert kernels.cpu_kernels() == "auto"
+
+
+def test_bf16_attention_form_matches_sdpa_and_long_sequences_keep_sdpa(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 64, 32, generator=g).requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.scaled_dot_product_attention(q, k, v)
+        ref_grads = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
+        sdpa_calls = []
+        real = F.scaled_dot_product_attention
+        monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: sdpa_calls.append(1) or real(*a, **kw))
+        ours = kernels.attention(q, k, v)
+        grads = torch.autograd.grad(ours.float().square().sum(), (q, k, v))
+        assert sdpa_calls == []  # 64 x 64 scores: the explicit form
+        long = torch.randn(1, 1, 256, 32)
+        kernels.attention(long, long, long)  # 256 x 256 scores: the fused kernel
+        kernels.attention(q, k, v, dropout_p=0.1)  # dropout: SDPA's own
+    kernels.attention(q, k, v)  # fp32: SDPA
+    assert sdpa_calls == [1, 1, 1]
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=5e-2, atol=5e-2)

@@ -19,11 +19,10 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from elt.runtime.kernels import Linear, linear
+from elt.runtime.kernels import Linear, attention, linear
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -66,7 +65,7 @@ class Block(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out = attention(q, k, v, dropout_p=drop)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
