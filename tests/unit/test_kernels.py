@@ -119,3 +119,10 @@ def test_bf16_attention_form_matches_sdpa_and_long_sequences_keep_sdpa(monkeypat
     torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
     for a, r in zip(grads, ref_grads):
         torch.testing.assert_close(a, r, rtol=5e-2, atol=5e-2)
+
+
+def test_training_config_key_is_checked_at_construction():
+    from elt.jobs.speed import SpeedDefaults
+
+    with pytest.raises(ConfigError, match="^callbacks.speed.cpu_kernels must be one of auto, aten, got 'mkl'$"):
+        SpeedDefaults(cpu_kernels="mkl")

@@ -22,6 +22,7 @@ from elt.runtime.checkpoint import load_run, relocate_data, require_ckpt_path
 from elt.runtime.config import ConfigError, instantiate_group
 from elt.runtime.devices import pick_device
 from elt.runtime.distributed import Ranks
+from elt.runtime.kernels import set_cpu_kernels
 
 if TYPE_CHECKING:
     from elt.evaluation.sweep import LoopSweep
@@ -64,6 +65,10 @@ def load_for_evaluation(cfg: DictConfig, ranks: Ranks):
     require_creatable_dir(cfg.eval.output_dir, "eval.output_dir")
     device = pick_device(cfg.eval.get("device", "auto"), ranks)
     sample_precision = precision.resolve(cfg.eval.get("precision", "auto"), device.type, "eval.precision")
+    try:
+        set_cpu_kernels(cfg.eval.get("cpu_kernels", "auto"))
+    except ConfigError as e:
+        raise ConfigError(f"eval.{e}") from None
     model, train_cfg = stored_run(cfg)
     model.to(device)
     s = read_settings(cfg, model.Lmax, model.num_classes)
