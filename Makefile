@@ -33,6 +33,7 @@ help: ## this list: every make target and command-line tool, one line each
 		"python -m elt.experiments.stage_one" "vq | kl: train a small stage-one tokenizer / autoencoder on Fashion-MNIST" \
 		"python -m elt.experiments.context <ckpt>" "held-out loss on masked tokens per mask ratio and loop count" \
 		"python -m elt.experiments.loops_steps" "loops x steps x solver grid: at matched compute, more loops or more steps?" \
+		"python -m elt.experiments.loops_steps_pool" "pool loops x steps studies over training seeds: the verdict over trained models" \
 		"python benchmarks/<name>.py" "timings and memory (make bench, table-throughput and anytime run them)"
 
 install: $(STAMP) ## create .venv and install the exact tested set (requirements.lock) and the package (make alone does this)
