@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -128,7 +127,8 @@ def main():
         print(json.dumps(child(ROWS[args.child[0]], bool(int(args.child[1])))))
         return
     rows = [measure(name, args.reps) for name in args.rows]
-    meta = {"torch": torch.__version__, "threads": 1, "machine": platform.processor() or platform.machine(),
+    torch.set_num_threads(1)  # the children's count, for the header
+    meta = {"torch": torch.__version__, "threads": 1,
             "measured": rows[0]["method"] + " minus VmRSS before the step, fresh subprocess per measurement",
             "reps": args.reps}
     lines = [f"Peak RSS added by one ILSD training step (forward + backward), fp32 CPU, width {WIDTH}; "

@@ -45,6 +45,7 @@ from elt.jobs.pareto import Search, calibrate_tau, front_figure, run_search  # n
 from elt.evaluation.plots import save_figure  # noqa: E402
 from elt.runtime.files import write_text_atomic  # noqa: E402
 from elt.samplers.budget import run_lengths  # noqa: E402
+from ilsd_overhead import machine, machine_lines  # noqa: E402  (same folder)
 
 SEEDS = [0, 1, 2]
 TARGET_LOSS = 0.05  # early exit: at most 5% Fréchet-distance cost on the calibration draws
@@ -196,6 +197,7 @@ def fmt(ms, digits=3) -> str:
 
 def render(results: dict) -> str:
     lines = ["# Any-time inference: loop schedules, Pareto search, early exit (`benchmarks/anytime.py`)", "",
+             *machine_lines({n: r.get("machine") for n, r in results.items()}), "",
              f"CPU, fp32 sampling, {len(SEEDS)} sampling seeds {SEEDS} (mean ± std). Quality = the Fréchet distance in the "
              "feature space of the dataset's domain judge (`fid_digits_cnn`, `fvd_moving_digits_cnn`: not Inception "
              "FID/I3D FVD). GFLOPs/sample analytic (elt.core.flops), early exit: measured from the loops actually run. "
@@ -326,6 +328,7 @@ def main() -> None:
         r = results.setdefault(name, {})
         ckpt = torch.load(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
         r["ckpt_step"] = {"trained": int(ckpt["global_step"]), "recipe": int(ckpt["elt_config"]["trainer"]["max_steps"])}
+        r["machine"] = machine()  # of this entry's latest measurement
         if args.wall_pairs:
             remeasure_wall(name, spec, r.get("early_exit") or [])
         elif args.exit_only:

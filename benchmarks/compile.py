@@ -10,7 +10,6 @@ first steps of a run. Results go to benchmarks/results/compile.{json,md}.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,8 +51,7 @@ def main():
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compile.json"))
     args = p.parse_args()
     rows = [measure(bf16, args) for bf16 in (False, True)]
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(),
-            "machine": platform.processor() or platform.machine()}
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_flags": cpu_flags()}
     lines = [f"torch {meta['torch']}, {meta['threads']} threads; first 3 compiled steps include building the graphs", "", *table_lines(
         ["precision", "width", "tokens", "batch", "eager step (s)", "compiled step (s)",
          "compiled / eager (median, min–max)", "first 3 compiled steps (s)"],

@@ -20,7 +20,6 @@ import argparse
 import itertools
 import os
 import statistics
-import platform
 import sys
 import tempfile
 import time
@@ -150,7 +149,7 @@ def main():
     speedup = rows[1]["samples_per_s"] / rows[0]["samples_per_s"]
     meta = {"images": len(raw), "jpeg_size": args.size, "resolution": 256, "tokens": "16x16 from 1024 codes",
             "workers": args.workers, "batch": args.batch, "torch_threads": 1, "speedup": speedup,
-            "prepare_seconds_one_process": prepare_s, "machine": platform.processor() or platform.machine(),
+            "prepare_seconds_one_process": prepare_s,
             "cpus": os.cpu_count(), "torch": torch.__version__, "epoch_boundary": boundary}
     table = [f"Training-input throughput, {len(raw)} miniature ILSVRC JPEGs ({args.size[0]}x{args.size[1]}) -> 256x256 "
              f"-> 16x16 VQ tokens; {args.workers} DataLoader workers, batch {args.batch}, 1 torch thread, "

@@ -78,7 +78,9 @@ def table_lines(columns: list[str], cells: list[list[str]]) -> list[str]:
 
 
 def machine() -> dict:
-    """What a CPU timing depends on: the CPU, its vector / matrix flags, the CPU count and torch's threads."""
+    """What a CPU timing depends on: the CPU, its vector / matrix flags, the CPU count, torch's threads and
+    which library runs fp32 linears (elt.runtime.kernels)."""
+    from elt.runtime.kernels import cpu_kernels, onednn_available
     from elt.runtime.precision import cpu_flags
 
     try:
@@ -88,7 +90,32 @@ def machine() -> dict:
         name = ""
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
     return {"cpu": name or platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "cpu_flags": " ".join(flags), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+            "cpu_flags": " ".join(flags), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "fp32_linears": "oneDNN" if cpu_kernels() == "auto" and onednn_available() else "ATen"}
+
+
+def machine_line(m: dict, label: str = "") -> str:
+    """A results file's header line for machine ``m`` (``label``: the entries measured on it)."""
+    kernels = f", fp32 linears on {m['fp32_linears']}" if "fp32_linears" in m else ""
+    return (f"Machine{f' ({label})' if label else ''}: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with "
+            f"{m['torch_threads']} thread(s){kernels}; CPU flags: {m['cpu_flags'] or 'none of avx / amx / fma'}.")
+
+
+def machine_lines(machines: dict[str, dict | None]) -> list[str]:
+    """The header of results gathered over several runs (entry name -> the machine it was measured on, None
+    where not recorded): one line per machine, naming its entries when there is more than one."""
+    groups: list[tuple[dict | None, list[str]]] = []
+    for name, m in machines.items():
+        group = next((g for g in groups if g[0] == m), None)
+        if group is None:
+            groups.append((m, [name]))
+        else:
+            group[1].append(name)
+    if len(groups) == 1 and groups[0][0] is not None:
+        return [machine_line(groups[0][0])]
+    return [machine_line(m, ", ".join(names)) if m is not None
+            else f"Machine ({', '.join(names)}): not recorded (measured before the results kept it)."
+            for m, names in groups]
 
 
 def write_results(out: str, meta: dict, rows: list[dict], table: list[str]) -> None:
@@ -97,9 +124,8 @@ def write_results(out: str, meta: dict, rows: list[dict], table: list[str]) -> N
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     m = machine()
-    header = (f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s); "
-              f"CPU flags: {m['cpu_flags'] or 'none of avx / amx / fma'}.")
-    out.write_text(json.dumps({"meta": {"machine": m, **meta}, "results": rows}, indent=2) + "\n")
+    header = machine_line(m)
+    out.write_text(json.dumps({"meta": {**meta, "machine": m}, "results": rows}, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join([header, "", *table]) + "\n")
     print("\n".join([header, "", *table]))
 
@@ -132,7 +158,7 @@ def main():
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ilsd_overhead.json"))
     args = p.parse_args()
     rows = [measure(f, args) for f in args.families]
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     lines = table_lines(
         ["family", "N×L", "batch", "plain step (s)", "ILSD step (s)", "ILSD / plain (median, min–max)", "target"],
         [[r["family"], f"{r['N']}N×{r['Lmax']}L w{r['width']}", str(r["batch"]), f"{r['plain_step_s']:.3f}",

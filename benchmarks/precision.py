@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -71,8 +70,7 @@ def main():
     for n in args.threads:
         torch.set_num_threads(n)
         rows += [measure(w, max(2, w // 32), args) for w in args.widths]
-    meta = {"torch": torch.__version__, "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
-            "machine": platform.processor() or platform.machine()}
+    meta = {"torch": torch.__version__, "cores": os.cpu_count(), "cpu_flags": cpu_flags()}
     lines = [f"CPU bf16 flags: {', '.join(meta['cpu_flags']) or 'none'}; {meta['cores']} cores", "", *table_lines(
         ["threads", "width", "heads", "tokens", "batch", "fp32 step (s)", "bf16 step (s)", "bf16 / fp32 (median, min–max)"],
         [[*(str(r[k]) for k in ("threads", "width", "heads", "tokens", "batch")), f"{r['fp32_step_s']:.3f}",
