@@ -98,7 +98,7 @@ def _cpu_autocast_bf16() -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            gelu: bool = False) -> torch.Tensor:
     """``F.linear`` (then tanh-GELU when ``gelu``) on the fastest CPU kernel this process may use."""
-    if _ours(x) and _plain(weight) and _plain(bias) and onednn_available():
+    if _ours(x) and x.dim() >= 2 and _plain(weight) and _plain(bias) and onednn_available():
         if _cpu_autocast_bf16():
             if gelu and not torch.is_grad_enabled():
                 b = None if bias is None else bias.to(torch.bfloat16)
