@@ -51,7 +51,7 @@ def pool(studies: list[dict], dirs: list[str]) -> dict:
     match = first["verdict"]["match"]
     return {"runs": [s["run"] for s in studies], "run": f"{first['run']} × {len(studies)} training seeds",
             "ckpt_paths": [s["ckpt_path"] for s in studies], "metric": first["metric"],
-            "seeds": f"{len(studies)} training seeds, each the mean over sampling seeds {first['seeds']}",
+            "seeds": list(range(len(studies))), "sampling_seeds": first["seeds"],
             "samples_per_class": first["samples_per_class"], "points": points, "verdict": verdict(points, match),
             "per_checkpoint": [{"dir": d, "answer": s["verdict"]["answer"], "wins": s["verdict"]["wins"]}
                                for s, d in zip(studies, dirs)]}
@@ -60,7 +60,11 @@ def pool(studies: list[dict], dirs: list[str]) -> dict:
 def markdown(result: dict) -> str:
     rows = [f"| {c['dir']} | {c['answer']} | {c['wins'].get('loops', 0)} | {c['wins'].get('steps', 0)} | "
             f"{c['wins'].get('tie', 0)} |" for c in result["per_checkpoint"]]
-    return (study_markdown(result) + "\nPer checkpoint (over its sampling seeds):\n\n"
+    head = (f"**{result['run']}**: {result['metric']} (mean ± std over {len(result['runs'])} training seeds, each the "
+            f"mean over sampling seeds {result['sampling_seeds']} at {result['samples_per_class']} samples per class) "
+            "against GFLOPs/sample.")
+    body = study_markdown(result).split("\n", 1)[1]  # its own first line names sampling seeds only
+    return (head + "\n" + body + "\nPer checkpoint (over its sampling seeds):\n\n"
             "| study | answer | won by more loops | won by more steps | no difference |\n|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
 
@@ -75,7 +79,6 @@ def main(argv=None) -> None:
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     write_result(Path(args.out) / "pooled", result, markdown(result), iso_figure(result, result["run"]))
-    print(markdown(result))
 
 
 if __name__ == "__main__":
