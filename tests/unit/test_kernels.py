@@ -93,6 +93,7 @@ def test_block_runs_its_matmuls_on_onednn_with_the_same_output(onednn_calls):
 
 
 def test_unknown_mode_is_one_line():
+    kernels.set_cpu_kernels("auto")
     with pytest.raises(ConfigError, match="cpu_kernels must be one of auto, aten, got 'mkl'"):
         kernels.set_cpu_kernels("mkl")
     assert kernels.cpu_kernels() == "auto"
@@ -126,3 +127,24 @@ def test_training_config_key_is_checked_at_construction():
 
     with pytest.raises(ConfigError, match="^callbacks.speed.cpu_kernels must be one of auto, aten, got 'mkl'$"):
         SpeedDefaults(cpu_kernels="mkl")
+
+
+@needs_onednn
+def test_fused_gelu_is_the_tanh_approximation():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(64, 96, generator=g), torch.randn(384, 96, generator=g), torch.randn(384, generator=g)
+    fused = kernels._onednn(x, w, b, "gelu")
+    torch.testing.assert_close(fused, _reference(x, w, b, True), rtol=1e-5, atol=1e-5)  # erf differs by ~5e-4
+
+
+def test_training_sets_the_mode_and_gives_the_default_back():
+    from types import SimpleNamespace
+
+    from elt.jobs.speed import SpeedDefaults
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    speed = SpeedDefaults(cpu_kernels="aten")
+    speed.setup(trainer, object(), "fit")
+    assert kernels.cpu_kernels() == "aten"
+    speed.teardown(trainer, object(), "fit")
+    assert kernels.cpu_kernels() == "auto"

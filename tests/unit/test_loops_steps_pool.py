@@ -44,8 +44,14 @@ def test_pooled_verdict_uses_the_spread_between_checkpoints(tmp_path):
 def test_pool_refuses_other_grids_and_missing_studies(tmp_path):
     a = _study(tmp_path, "a", [1.0, 1.1, 0.9], [3.0, 3.1, 2.9])
     b = _study(tmp_path, "b", [1.0, 1.1], [3.0, 3.1], seeds=(0, 1))
-    with pytest.raises(SystemExit, match="not the same grid, sampling seeds and metric"):
+    with pytest.raises(SystemExit, match="not the same grid, sampling seeds, samples per class and metric"):
         loops_steps_pool.main([str(tmp_path / "o"), a, b])
+    with pytest.raises(SystemExit, match="same checkpoint"):
+        loops_steps_pool.main([str(tmp_path / "o"), a, a])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "study.json").write_text('{"points": []}')
+    with pytest.raises(SystemExit, match=r"^error: .*study.json is not a loops_steps study \(needs"):
+        loops_steps_pool.main([str(tmp_path / "o"), a, str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="study.json is missing"):
         loops_steps_pool.main([str(tmp_path / "o"), a, str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="at least 2 checkpoints"):

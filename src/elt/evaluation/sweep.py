@@ -32,6 +32,7 @@ from elt.evaluation.settings import Settings
 from elt.runtime import precision
 from elt.runtime.distributed import Ranks
 from elt.runtime.files import file_fingerprint, fingerprint, write_text_atomic
+from elt.runtime.kernels import cpu_kernels
 
 log = logging.getLogger(__name__)
 ROW_FORMAT = 2  # bump when a row's content changes meaning: old loops/*.json are then recomputed
@@ -139,6 +140,8 @@ class LoopSweep:
             self.trivial_per_class = max(1, s.trivial_fit_items // model.num_classes)
         ckpt = file_fingerprint(Path(cfg.ckpt_path))
         self.common = {**common, "ckpt": ckpt, "precision": sample_precision}  # what any model row depends on but the sampler
+        if cpu_kernels() != "auto":  # keyed only when not the default, so rows cached under auto stay valid
+            self.common["cpu_kernels"] = cpu_kernels()
         saving = {"save_samples": True} if s.save_samples else {}  # a rerun that asks for the files draws the rows again
         self.model_rows = RowCache(self.out_dir / "loops", fingerprint({**self.common, "sampler": sampler, **saving}))
         trivial = {"trivial_per_class": self.trivial_per_class} if self.trivial_per_class else {}

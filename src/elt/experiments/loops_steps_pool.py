@@ -4,8 +4,9 @@ Each STUDY_DIR is the output of ``elt.experiments.loops_steps`` on one checkpoin
 seeds on each: one per training seed of one recipe. One study's verdict sees the sampling seeds' spread only;
 a claim about the recipe needs the spread between trained models. So a point's value per training seed is its
 mean over the sampling seeds, and the matched-compute pairs are compared over the training seeds by the same
-rule (``loops_steps.verdict``: Welch's t-test at the mini-paper's alpha). Writes ``OUT/pooled.{json,md,png}``
-with the per-checkpoint verdicts beside the pooled one.
+rule (``loops_steps.verdict``: Welch's t-test at the mini-paper's alpha, the project's rule; a paired test on
+the per-checkpoint differences would have more power, so a tie here is no proof of equality). Writes
+``OUT/pooled.{json,md,png}`` with the per-checkpoint verdicts beside the pooled one.
 """
 from __future__ import annotations
 
@@ -24,11 +25,17 @@ SCORES = ("per_seed", "quality", "quality_std", "seconds_per_sample")  # recompu
 def load(study_dir: Path) -> dict:
     path = Path(study_dir) / "study.json"
     try:
-        return json.loads(path.read_text())
+        study = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path} is missing: run elt.experiments.loops_steps with hydra.run.dir={study_dir}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read: {e.strerror or e}") from None
+    need = ("ckpt_path", "run", "metric", "seeds", "samples_per_class", "points", "verdict")
+    if not isinstance(study, dict) or any(k not in study for k in need) or not study["points"]:
+        raise ConfigError(f"{path} is not a loops_steps study (needs {', '.join(need)} and at least one point)")
+    return study
 
 
 def pool(studies: list[dict], dirs: list[str]) -> dict:
@@ -37,10 +44,15 @@ def pool(studies: list[dict], dirs: list[str]) -> dict:
         raise ConfigError("loops_steps_pool needs the studies of at least 2 checkpoints (training seeds)")
     first = studies[0]
     keys = [(setting(p), p["name"]) for p in first["points"]]
+    if len({s["ckpt_path"] for s in studies}) < len(studies):
+        raise ConfigError("two studies are of the same checkpoint: pool one study per trained model")
+    same = ("seeds", "metric", "samples_per_class")
     for s, d in zip(studies[1:], dirs[1:]):
-        if [(setting(p), p["name"]) for p in s["points"]] != keys or s["seeds"] != first["seeds"] \
-                or s["metric"] != first["metric"]:
-            raise ConfigError(f"{d}: not the same grid, sampling seeds and metric as {dirs[0]}: pool only one grid")
+        if [(setting(p), p["name"], round(p["gflops"], 9)) for p in s["points"]] != \
+                [(*k, round(p["gflops"], 9)) for k, p in zip(keys, first["points"])] \
+                or any(s[k] != first[k] for k in same) or s["verdict"]["match"] != first["verdict"]["match"]:
+            raise ConfigError(f"{d}: not the same grid, sampling seeds, samples per class and metric as {dirs[0]}: "
+                              "pool only one grid")
     points = []
     for i, p in enumerate(first["points"]):
         per_model = [mean_std(s["points"][i]["per_seed"])[0] for s in studies]
@@ -51,7 +63,7 @@ def pool(studies: list[dict], dirs: list[str]) -> dict:
     match = first["verdict"]["match"]
     return {"runs": [s["run"] for s in studies], "run": f"{first['run']} × {len(studies)} training seeds",
             "ckpt_paths": [s["ckpt_path"] for s in studies], "metric": first["metric"],
-            "seeds": list(range(len(studies))), "sampling_seeds": first["seeds"],
+            "seeds": list(dirs), "sampling_seeds": first["seeds"],
             "samples_per_class": first["samples_per_class"], "points": points, "verdict": verdict(points, match),
             "per_checkpoint": [{"dir": d, "answer": s["verdict"]["answer"], "wins": s["verdict"]["wins"]}
                                for s, d in zip(studies, dirs)]}

@@ -22,7 +22,7 @@ from elt.runtime.checkpoint import load_run, relocate_data, require_ckpt_path
 from elt.runtime.config import ConfigError, instantiate_group
 from elt.runtime.devices import pick_device
 from elt.runtime.distributed import Ranks
-from elt.runtime.kernels import set_cpu_kernels
+from elt.runtime.kernels import cpu_kernels, set_cpu_kernels
 
 if TYPE_CHECKING:
     from elt.evaluation.sweep import LoopSweep
@@ -110,7 +110,7 @@ def describe(cfg, train_cfg, model, s: Settings, sampler, sample_precision: str,
         "data": train_cfg.data.name, "N": model.N, "Lmax": model.Lmax,
         "ilsd": bool(OmegaConf.select(train_cfg, "ilsd.enabled", default=False)),
         "samples_per_class": s.samples_per_class, "seed": s.seed, "network_evals_per_sample": evals,
-        "sampling_precision": sample_precision,
+        "sampling_precision": sample_precision, "cpu_kernels": cpu_kernels(),
         **{f"sampler/{k}": v for k, v in sampler.items()},
         # the run's size, W&B config columns beside the training run's
         "params": sum(p.numel() for p in model.parameters()),

@@ -13,6 +13,7 @@ from elt.runtime.checkpoint import load_run, require_ckpt_path
 from elt.runtime.config import ConfigError
 from elt.runtime.devices import pick_device
 from elt.runtime.distributed import Ranks
+from elt.runtime.kernels import set_cpu_kernels
 from elt.samplers.budget import BudgetError, generate
 
 
@@ -37,6 +38,7 @@ def sample_entry(cfg) -> dict:
         raise ConfigError(f"n must be an integer >= 1 (samples per label), got {n!r}")
     device = pick_device(cfg.get("device", "auto"), Ranks())
     prec = precision.resolve(cfg.get("precision", "auto"), device.type, "precision")
+    set_cpu_kernels(cfg.get("cpu_kernels", "auto"))
     model, train_cfg = load_run(cfg.ckpt_path)
     model.to(device)
     labels = cfg.get("labels")

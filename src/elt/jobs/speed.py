@@ -157,3 +157,7 @@ class SpeedDefaults(Callback):
             pl_module.optimizer_factory = with_fused(pl_module.optimizer_factory, fused)
         log.info("speed defaults on %s: tf32=%s, fused AdamW=%s, sdpa=%s, cpu_kernels=%s", device_type, self.tf32,
                  fused, self.sdpa, self.cpu_kernels)
+
+    def teardown(self, trainer, pl_module, stage):
+        if stage == "fit":  # the mode is process-wide: a later run in this process starts from the default
+            set_cpu_kernels("auto")

@@ -8,8 +8,10 @@ matmuls of at least ``ONEDNN_MIN_MACS`` multiply-adds to oneDNN, forward and bac
 ATen's). Smaller ones stay on ATen: oneDNN's per-call set-up costs more than it saves below a few MFLOP. Under a
 dispatch mode (``torch.utils.flop_counter``, fake tensors) or ``torch.compile`` everything stays on ATen,
 so counters and compilers see the ops they know.
-bf16 matmuls (autocast) already run on oneDNN; there ``linear(..., gelu=True)`` without autograd fuses
-the tanh-GELU into the GEMM's epilogue, which saves a pass in fp32 over the MLP's widest activation.
+bf16 matmuls (autocast) already run on oneDNN where it computes bf16 (AVX-512 and later); there
+``linear(..., gelu=True)`` without autograd fuses the tanh-GELU into the GEMM's epilogue, which saves a pass
+in fp32 over the MLP's widest activation (and rounds once instead of twice: within one bf16 ulp of
+autocast's F.linear + F.gelu).
 
 Attention: under CPU bf16, for short sequences (at most ``MATH_ATTENTION_MAX_SCORES`` scores per head) the
 explicit form, two bf16 GEMMs around an fp32 softmax, beats PyTorch's fused CPU kernel, whose backward has a
@@ -58,18 +60,31 @@ def onednn_available() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
     try:
-        x = torch.ones(2, 3)
-        return bool(torch.allclose(_onednn(x, torch.ones(4, 3), None), torch.full((2, 4), 3.0)))
+        x = torch.ones(2, 3, device="cpu")
+        return bool(torch.allclose(_onednn(x, torch.ones(4, 3, device="cpu"), None), torch.full((2, 4), 3.0)))
     except (RuntimeError, AttributeError):
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def onednn_bf16() -> bool:
+    """oneDNN computes bf16 here (AVX-512 and later); elsewhere ATen's own fallback runs bf16 matmuls."""
+    return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none") -> torch.Tensor:
-    """x @ weightᵀ + bias (then ``act``) in oneDNN; strided views are read in place."""
+    """x @ weightᵀ + bias (then ``act``) in oneDNN, whatever the process's mode."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "tanh" if act == "gelu" else "")
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weightᵀ on oneDNN, without autograd, whatever the mode: for measuring the machine's GEMM peak."""
+    return _onednn(x, weight, None)
+
+
 class _OneDNNLinear(torch.autograd.Function):
+    """Forward and backward GEMMs on oneDNN. First-order only (``once_differentiable``; no vmap / jvp):
+    training needs nothing more, and ``cpu_kernels=aten`` gives ATen's full autograd back."""
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
@@ -100,10 +115,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear`` (then tanh-GELU when ``gelu``) on the fastest CPU kernel this process may use."""
     if _ours(x) and x.dim() >= 2 and _plain(weight) and _plain(bias) and onednn_available():
         if _cpu_autocast_bf16():
-            if gelu and not torch.is_grad_enabled():
+            if gelu and not torch.is_grad_enabled() and onednn_bf16():
                 b = None if bias is None else bias.to(torch.bfloat16)
                 return _onednn(x.to(torch.bfloat16), weight.to(torch.bfloat16), b, "gelu")
-        elif x.dtype == weight.dtype == torch.float32 and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS:
+        elif not torch.is_autocast_enabled("cpu") and x.dtype == weight.dtype == torch.float32 \
+                and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS:
             y = _OneDNNLinear.apply(x, weight, bias) if torch.is_grad_enabled() else _onednn(x, weight, bias)
             return F.gelu(y, approximate="tanh") if gelu else y
     y = F.linear(x, weight, bias)

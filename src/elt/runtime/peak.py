@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from elt.runtime.kernels import linear
+from elt.runtime.kernels import onednn_available, onednn_bf16, onednn_linear
 
 # TFLOP/s, dense. Sources: NVIDIA's A100 / H100 / H200 / L4 / L40S datasheets and the Ada whitepaper
 # (RTX 4090: bf16 with fp32 accumulation, which is what PyTorch's matmuls use).
@@ -47,8 +47,8 @@ def gpu_entry(name: str) -> dict[str, float] | None:
 def measured_gemm_tflops(device: str, dtype: torch.dtype = torch.float32, size: int = 1024, reps: int = 5,
                          threads: int | None = None) -> float:
     """Best of ``reps`` square ``size`` matmuls (after one warm-up), in TFLOP/s, over ATen's matmul and, on a
-    CPU, the ``kernels.linear`` path (oneDNN where ATen's MKL runs below the core's peak): the best this
-    machine does. ``threads`` only keys the cache: a run that changes the thread count measures again."""
+    CPU, oneDNN's (faster where ATen's MKL runs below the core's peak), whatever ``cpu_kernels`` is: the
+    best this machine does. ``threads`` only keys the cache: a run that changes the thread count measures again."""
     del threads
     return gemm_tflops_now(torch.device(device), dtype, size, reps)
 
@@ -57,7 +57,9 @@ def gemm_tflops_now(dev: torch.device, dtype: torch.dtype, size: int = 1024, rep
     """``measured_gemm_tflops`` without the cache: this moment's peak (benchmarks take one per repetition)."""
     g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move a run's global RNG
     a, b = (torch.randn(size, size, generator=g).to(dev, dtype) for _ in range(2))
-    kernels = [lambda: a @ b] + ([lambda: linear(a, b)] if dev.type == "cpu" else [])
+    onednn = dev.type == "cpu" and (onednn_bf16() if dtype == torch.bfloat16 else
+                                    dtype == torch.float32 and onednn_available())
+    kernels = [lambda: a @ b] + ([lambda: onednn_linear(a, b)] if onednn else [])
     best = float("inf")
     for fn in kernels:
         for _ in range(reps + 1):
