@@ -14,7 +14,7 @@ Every scored point is cached in outputs/anytime/pareto/<name>/points (a rerun on
 Writes benchmarks/results/anytime.{json,md} and docs/img/anytime_{fronts,early_exit}.png.
 
     OMP_NUM_THREADS=1 python benchmarks/anytime.py [--only digits_maskgit ...]
-    OMP_NUM_THREADS=1 python benchmarks/anytime.py --only digits_dit --exit-only state_noise --out ee.json
+    OMP_NUM_THREADS=1 python benchmarks/anytime.py --only digits_dit --exit-only state_snr --out ee.json
 
 ``--exit-only`` with ``--out`` measures early exit alone (one criterion, ``--taus`` to widen its grid)
 and writes its entry to that file, leaving benchmarks/results untouched.
@@ -62,9 +62,10 @@ VIDEO_DIT_SCHEDULES = "[1,2,3,4,linear:1-4,step:1-4,step:2-4,change:2.5]"
 SOLVER_AXES = "[{kind:ddpm},{kind:dpmpp_2m,spacing:logsnr}]"
 SOLVER_STEPS = [16, 32]
 # DiT's state criteria (no extra heads): the normed state's RMS change between loops is 0.06-0.31 on the
-# digits demo checkpoint (x̂0's 0.003-0.09); state_noise weighs it by the step (0.01 at the first step, 5 late)
+# digits demo checkpoint (x̂0's 0.003-0.09); state_snr multiplies it by the step's SNR gain (digits, 128 steps:
+# 2e-4 at the first step, 5e3 at the last but one; moving digits' 64 steps gain about twice as much each)
 STATE_TAUS = [0.05, 0.07, 0.1, 0.13, 0.16, 0.2]
-STATE_NOISE_TAUS = [0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1]
+STATE_SNR_TAUS = [0.006, 0.01, 0.013, 0.016, 0.02, 0.025]
 # steps searched (the config's K and around it; the budget drops what costs more than L = Lmax at K),
 # samples per class for the real metric and the proxy, τ grid of the family's criterion
 CHECKPOINTS = {
@@ -72,13 +73,13 @@ CHECKPOINTS = {
                            exits={"commit": [1e-6, 0.05, 0.1, 0.2, 0.34]}),
     "digits_dit": dict(steps=[64, 96, 128, 192], per_class=20, proxy=3, candidates=3,
                        exits={"rel": [0.01, 0.02, 0.03, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03, 0.05],
-                              "state": STATE_TAUS, "state_noise": STATE_NOISE_TAUS}),
+                              "state": STATE_TAUS, "state_snr": STATE_SNR_TAUS}),
     # videos cost 4-9x more per sample: fewer steps, schedules and samples on a 2-core CPU
     "moving_digits_maskgit": dict(steps=[12, 24, 36], per_class=8, proxy=2, candidates=2, schedules=VIDEO_SCHEDULES,
                                   exits={"commit": [1e-6, 0.1, 0.2, 0.34]}),
     "moving_digits_dit": dict(steps=[32, 64], per_class=6, proxy=2, candidates=1, schedules=VIDEO_DIT_SCHEDULES,
                               exits={"rel": [0.02, 0.03, 0.04, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03],
-                                     "state": STATE_TAUS, "state_noise": STATE_NOISE_TAUS}),
+                                     "state": STATE_TAUS, "state_snr": [0.01, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05]}),
 }
 
 
@@ -337,6 +338,7 @@ def exit_only(args) -> None:
 
 
 def main() -> None:
+    global CKPT_ROOT, WALL_PAIRS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", default=None, help="checkpoint names (default: all that exist)")
     ap.add_argument("--no-early-exit", action="store_true")
@@ -345,6 +347,7 @@ def main() -> None:
     ap.add_argument("--taus", default=None, help="with --exit-only: its τ grid, comma-separated (default: the checkpoint's)")
     ap.add_argument("--out", default=None, help="with --exit-only: write its entries to this JSON file, not to benchmarks/results")
     ap.add_argument("--ckpt-root", default=None, help="where the checkpoints are (default: outputs/anytime/ckpt)")
+    ap.add_argument("--pairs", type=int, default=WALL_PAIRS, help=f"early exit's interleaved wall-time pairs (default {WALL_PAIRS})")
     ap.add_argument("--wall-pairs", action="store_true", help="only (re)measure early exit's wall time (interleaved pairs)")
     ap.add_argument("--solver-axes", action="store_true",
                     help="DiT: search the solver axes too (SOLVER_AXES: ddpm and dpmpp_2m on the logSNR grid, and "
@@ -352,8 +355,8 @@ def main() -> None:
     args = ap.parse_args()
     if (args.taus or args.out) and not args.exit_only:
         ap.error("--taus and --out need --exit-only")
+    WALL_PAIRS = args.pairs
     if args.ckpt_root:
-        global CKPT_ROOT
         CKPT_ROOT = Path(args.ckpt_root).resolve()
     if args.out:
         return exit_only(args)

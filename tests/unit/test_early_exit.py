@@ -50,7 +50,7 @@ def test_tau_zero_is_the_plain_sampler_and_a_huge_tau_is_min_loops(name, cfg):
 
 
 @pytest.mark.parametrize("name,criterion", [("maskgit", "commit"), ("maskgit", "kl"), ("dit", "rel"), ("dit", "noise"),
-                                            ("dit", "state"), ("dit", "state_noise")])
+                                            ("dit", "state")])  # state_snr: state's loop, weighted per step (below)
 def test_the_batch_shrinks_as_samples_exit(name, criterion):
     model = family(name, Lmax=4)
     probe = EarlyExit(tau=0.0, criterion=criterion, record=[])
@@ -91,7 +91,7 @@ def test_bad_early_exit_settings_are_named():
             run(model, spec)
 
 
-HEAD_FREE = ["state", "state_noise"]
+HEAD_FREE = ["state", "state_snr"]
 
 
 @pytest.mark.parametrize("kind", S.SAMPLERS)
@@ -122,22 +122,28 @@ def test_head_free_criteria_read_no_extra_head_and_stop_samples_with_every_solve
     assert stats["loops"].float().mean() < 4  # samples stopped
 
 
-def test_state_noise_weighs_the_steps_like_noise_and_never_exits_at_the_last():
-    """The same state change counts for more the lower the step's noise; the last step adds none."""
+def test_state_snr_weighs_the_steps_like_noise_and_never_exits_at_the_last():
+    """The same state change counts for more the lower the step's noise; the last step adds none;
+    ``noise`` weighs by the root of the same gain."""
     from elt.core import diffusion as D
-    from elt.samplers.early_exit import ancestral_weight, dit_distance
+    from elt.samplers.early_exit import snr_gain, dit_distance
 
     steps = 6
     lams = D.step_grid(random_dit().schedule, steps, "t")[1]
     prev, cur = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     idx = torch.arange(2)
-    d = [dit_distance("state_noise", lams, i, steps)(prev, cur, idx) for i in range(steps)]
+    d = [dit_distance("state_snr", lams, i, steps)(prev, cur, idx) for i in range(steps)]
     base = dit_distance("state", lams, 0, steps)(prev, cur, idx)
     for i in range(steps - 1):
-        torch.testing.assert_close(d[i], ancestral_weight(lams[i], lams[i + 1]) * base)
+        torch.testing.assert_close(d[i], snr_gain(lams[i], lams[i + 1]) * base)
     assert all((d[i] < d[i + 1]).all() for i in range(steps - 2)) and torch.isinf(d[-1]).all()
+    a_s, s_s = D.alpha_sigma(lams[2])
+    c = -torch.expm1(lams[1] - lams[2])
+    x0 = torch.randn(2, 1, 8, 8)
+    noise = dit_distance("noise", lams, 1, steps)(x0, x0 + 0.1, idx)
+    torch.testing.assert_close(noise, (a_s * c * 0.1 / (s_s * c.sqrt())).expand(2))  # mean moved / noise added
 
 
 def test_an_unknown_criterion_lists_the_valid_ones_in_one_line():
-    with pytest.raises(schedules.ScheduleError, match=r"'bogus' is not one of dit's: rel, noise, state, state_noise$"):
+    with pytest.raises(schedules.ScheduleError, match=r"'bogus' is not one of dit's: rel, noise, state, state_snr$"):
         EarlyExit(tau=0.1, criterion="bogus").criterion_for("dit")

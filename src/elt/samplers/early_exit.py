@@ -31,8 +31,8 @@ class EarlyExit:
     the token distributions over still-masked positions); DiT ``rel`` (‖x̂0_l − x̂0_{l−1}‖/‖x̂0_l‖),
     ``noise`` (DDPM: the RMS change of the step's posterior mean in units of the noise it adds),
     ``state`` (the RMS change of the layer-normed backbone state, what the head reads: no head is read
-    but the one at the exit) or ``state_noise`` (``state`` weighted per step as ``noise`` weighs x̂0,
-    for every solver: reads no extra head and exits early at high noise).
+    but the one at the exit) or ``state_snr`` (``state`` times the SNR the step gains, for every
+    solver: reads no extra head and exits early at high noise).
     ``min_loops``: the earliest exit (≥ 2: loop 1 has nothing to compare with). ``record``: a list
     to which every step appends the batch-mean distance at each loop (profiling, no exits if tau=0).
     """
@@ -42,7 +42,7 @@ class EarlyExit:
     min_loops: int = 2
     record: list | None = None
 
-    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise", "state", "state_noise")}
+    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise", "state", "state_snr")}
 
     def __post_init__(self):
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 0:
@@ -239,17 +239,17 @@ def relative_change(prev, cur, idx=None) -> torch.Tensor:
     return (cur - prev).flatten(1).norm(dim=1) / cur.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
-def ancestral_weight(logsnr_t, logsnr_s):
-    """How much a change of x̂0 moves the ancestral step t → s, in units of the noise it adds:
-    its mean moves by a_s·c·Δx̂0, its noise is σ_s·√c (c = 1 − SNR_t/SNR_s), so a_s·√c/σ_s."""
-    a_s, s_s = alpha_sigma(logsnr_s)
-    return a_s * (-torch.expm1(logsnr_t - logsnr_s)).sqrt() / s_s
+def snr_gain(logsnr_t, logsnr_s):
+    """SNR_s − SNR_t, the signal-to-noise ratio step t → s gains: also the square of how much a change
+    of x̂0 moves the ancestral step's mean (a_s·c·Δx̂0) in units of the noise it adds (σ_s·√c), as
+    a_s²·c/σ_s² = SNR_s·(1 − SNR_t/SNR_s)."""
+    return torch.exp(logsnr_s) * -torch.expm1(logsnr_t - logsnr_s)
 
 
 def noise_scaled_change(logsnr_t, logsnr_s):
     """DiT ``noise``: the RMS change of the ancestral step t → s's mean (a_s·c·Δx̂0) in units of the
     noise the step adds (σ_s·√c): a change far below the fresh noise cannot matter."""
-    weight = ancestral_weight(logsnr_t, logsnr_s)
+    weight = snr_gain(logsnr_t, logsnr_s).sqrt()
     return lambda prev, cur, idx: weight * (cur - prev).flatten(1).pow(2).mean(1).sqrt()
 
 
@@ -263,8 +263,10 @@ def state_change(prev, cur, idx) -> torch.Tensor:
 
 
 def scaled_state_change(weight):
-    """DiT ``state_noise``: ``state`` times the step's ``ancestral_weight`` (``None``: the last step,
-    which adds no noise to weigh against, so nothing exits there)."""
+    """DiT ``state_snr``: ``state`` times the step's ``snr_gain`` (``None``: the last step, whose gain
+    is infinite, so nothing exits there). The gain, not its root (``noise``'s weight): a state's change
+    predicts x̂0's less well than x̂0's own change does, so its exits are kept nearer high noise, where
+    a wrong one costs least (measured: docs/anytime.md)."""
     if weight is None:
         dist = lambda prev, cur, idx: torch.full((len(idx),), math.inf, device=cur.device)  # noqa: E731
     else:
@@ -278,14 +280,13 @@ state_change.on_state = True  # early_exit_predict: decided on backbone states, 
 
 def dit_distance(criterion: str | None, logsnrs, i: int, steps: int):
     """The criterion at sampling step ``i`` of ``steps`` on the λ grid ``logsnrs``; the last step adds
-    no noise, so ``noise`` falls back to ``rel`` there and ``state_noise`` never exits. ``state_noise``
-    weighs by the ancestral step on the sampling grid whatever the solver: the weight ranks the steps
-    by how little a change of x̂0 matters there (high noise: little), which holds for every solver."""
+    no noise, so ``noise`` falls back to ``rel`` there and ``state_snr`` never exits. ``state_snr``'s
+    weight is a property of the grid, so it ranks the steps the same way for every solver."""
     last = i + 1 >= steps
     if criterion == "noise" and not last:
         return noise_scaled_change(logsnrs[i], logsnrs[i + 1])
-    if criterion == "state_noise":
-        return scaled_state_change(None if last else ancestral_weight(logsnrs[i], logsnrs[i + 1]))
+    if criterion == "state_snr":
+        return scaled_state_change(None if last else snr_gain(logsnrs[i], logsnrs[i + 1]))
     if criterion == "state":
         return state_change
     return relative_change
