@@ -4,10 +4,11 @@ import statistics
 import pytest
 import torch
 
+from elt.core import diffusion as D
 from elt.core import schedules
-from elt.samplers.early_exit import EarlyExit
 from elt.core.backbone import LoopedBackbone
 from elt.samplers import diffusion as S
+from elt.samplers.early_exit import EarlyExit, dit_distance, snr_gain
 from support.models import random_dit, tiny_maskgit
 
 
@@ -125,9 +126,6 @@ def test_head_free_criteria_read_no_extra_head_and_stop_samples_with_every_solve
 def test_state_snr_weighs_the_steps_like_noise_and_never_exits_at_the_last():
     """The same state change counts for more the lower the step's noise; the last step adds none;
     ``noise`` weighs by the root of the same gain."""
-    from elt.core import diffusion as D
-    from elt.samplers.early_exit import snr_gain, dit_distance
-
     steps = 6
     lams = D.step_grid(random_dit().schedule, steps, "t")[1]
     prev, cur = torch.randn(2, 5, 8), torch.randn(2, 5, 8)

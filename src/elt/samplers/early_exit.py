@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from elt.core import guidance, schedules
-from elt.core.diffusion import alpha_sigma
 from elt.core.flops import evals_per_step
 from elt.core.schedules import ScheduleError, is_int
 
@@ -262,6 +261,9 @@ def state_change(prev, cur, idx) -> torch.Tensor:
     return (flat(cur) - flat(prev)).pow(2).mean(1).sqrt()
 
 
+state_change.on_state = True  # early_exit_predict: decided on backbone states, not on read-out heads
+
+
 def scaled_state_change(weight):
     """DiT ``state_snr``: ``state`` times the step's ``snr_gain`` (``None``: the last step, whose gain
     is infinite, so nothing exits there). The gain, not its root (``noise``'s weight): a state's change
@@ -273,9 +275,6 @@ def scaled_state_change(weight):
         dist = lambda prev, cur, idx: weight * state_change(prev, cur, idx)  # noqa: E731
     dist.on_state = True
     return dist
-
-
-state_change.on_state = True  # early_exit_predict: decided on backbone states, not on read-out heads
 
 
 def dit_distance(criterion: str | None, logsnrs, i: int, steps: int):
