@@ -355,6 +355,8 @@ def main() -> None:
     args = ap.parse_args()
     if (args.taus or args.out) and not args.exit_only:
         ap.error("--taus and --out need --exit-only")
+    if args.out and not args.only:
+        ap.error("--out measures the checkpoints named by --only: name at least one")
     WALL_PAIRS = args.pairs
     if args.ckpt_root:
         CKPT_ROOT = Path(args.ckpt_root).resolve()
