@@ -14,6 +14,10 @@ Every scored point is cached in outputs/anytime/pareto/<name>/points (a rerun on
 Writes benchmarks/results/anytime.{json,md} and docs/img/anytime_{fronts,early_exit}.png.
 
     OMP_NUM_THREADS=1 python benchmarks/anytime.py [--only digits_maskgit ...]
+    OMP_NUM_THREADS=1 python benchmarks/anytime.py --only digits_dit --exit-only state_snr --out ee.json
+
+``--exit-only`` with ``--out`` measures early exit alone (one criterion, ``--taus`` to widen its grid)
+and writes its entry to that file, leaving benchmarks/results untouched.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ from elt.evaluation import judges  # noqa: E402
 from elt.runtime.distributed import Ranks  # noqa: E402
 from elt.evaluation.sweep import LoopSweep, balanced_labels  # noqa: E402
 from elt.jobs.evaluate import load_for_evaluation  # noqa: E402
-from elt.jobs.pareto import Search, calibrate_tau, front_figure, run_search  # noqa: E402
+from elt.jobs.pareto import Search, calibrate_tau, front_figure, pick_metric, run_search  # noqa: E402
+from elt.samplers.budget import CALIBRATION_SEED  # noqa: E402
 from elt.evaluation.plots import save_figure  # noqa: E402
 from elt.runtime.files import write_text_atomic  # noqa: E402
 from elt.samplers.budget import run_lengths  # noqa: E402
@@ -57,9 +62,11 @@ VIDEO_DIT_SCHEDULES = "[1,2,3,4,linear:1-4,step:1-4,step:2-4,change:2.5]"
 # a second-order solver needs
 SOLVER_AXES = "[{kind:ddpm},{kind:dpmpp_2m,spacing:logsnr}]"
 SOLVER_STEPS = [16, 32]
-# DiT's state criterion (no extra heads) on the backbone state's relative change: 0.13-0.31 (10-90%) between
-# loops on the digits checkpoint, an order above rel's
-STATE_TAUS = [0.08, 0.1, 0.13, 0.16, 0.2, 0.25]
+# DiT's state criteria (no extra heads): the normed state's RMS change between loops is 0.06-0.31 on the
+# digits demo checkpoint (x̂0's 0.003-0.09); state_snr multiplies it by the step's SNR gain (digits, 128 steps:
+# 2e-4 at the first step, 5e3 at the last but one; moving digits' 64 steps gain about twice as much each)
+STATE_TAUS = [0.05, 0.07, 0.1, 0.13, 0.16, 0.2]
+STATE_SNR_TAUS = [0.006, 0.01, 0.013, 0.016, 0.02, 0.025]
 # steps searched (the config's K and around it; the budget drops what costs more than L = Lmax at K),
 # samples per class for the real metric and the proxy, τ grid of the family's criterion
 CHECKPOINTS = {
@@ -67,18 +74,25 @@ CHECKPOINTS = {
                            exits={"commit": [1e-6, 0.05, 0.1, 0.2, 0.34]}),
     "digits_dit": dict(steps=[64, 96, 128, 192], per_class=20, proxy=3, candidates=3,
                        exits={"rel": [0.01, 0.02, 0.03, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03, 0.05],
-                              "state": STATE_TAUS}),
+                              "state": STATE_TAUS, "state_snr": STATE_SNR_TAUS}),
     # videos cost 4-9x more per sample: fewer steps, schedules and samples on a 2-core CPU
     "moving_digits_maskgit": dict(steps=[12, 24, 36], per_class=8, proxy=2, candidates=2, schedules=VIDEO_SCHEDULES,
                                   exits={"commit": [1e-6, 0.1, 0.2, 0.34]}),
     "moving_digits_dit": dict(steps=[32, 64], per_class=6, proxy=2, candidates=1, schedules=VIDEO_DIT_SCHEDULES,
                               exits={"rel": [0.02, 0.03, 0.04, 0.05, 0.08], "noise": [0.005, 0.01, 0.015, 0.02, 0.03],
-                                     "state": STATE_TAUS}),
+                                     "state": STATE_TAUS, "state_snr": [0.01, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05]}),
 }
 
 
+CKPT_ROOT = ROOT / "outputs/anytime/ckpt"  # --ckpt-root
+
+
+def checkpoint(name: str) -> Path:
+    return CKPT_ROOT / name / "checkpoints/last.ckpt"
+
+
 def config(name: str, spec: dict, budget: float | None, extra=()):
-    ckpt = ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt"
+    ckpt = checkpoint(name)
     out = ROOT / "outputs/anytime/pareto" / name
     overrides = [f"ckpt_path={ckpt}", f"eval.output_dir={out}", f"hydra.run.dir={out}", "eval.precision=32",
                  "eval.progress=false", f"eval.samples_per_class={spec['per_class']}", f"pareto.proxy_per_class={spec['proxy']}",
@@ -96,7 +110,7 @@ def config(name: str, spec: dict, budget: float | None, extra=()):
 def paper_budget(name: str, spec: dict) -> float:
     from elt.runtime.checkpoint import load_run
 
-    model, _ = load_run(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt")
+    model, _ = load_run(checkpoint(name))
     sampler = model.sampler_config()
     return flops.gflops_per_sample(model, (model.Lmax,) * int(sampler["steps"]), sampler) * (1 + 1e-9)
 
@@ -106,19 +120,21 @@ def mean_std(values) -> tuple[float, float]:
     return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
 
 
-def early_exit(name: str, spec: dict, metric: str, criterion: str, taus: list[float]) -> dict:
-    """τ calibrated on held-out draws at the paper's L = Lmax point, then the 3 seeds with and without."""
+def early_exit(name: str, spec: dict, metric: str | None, criterion: str, taus: list[float]) -> dict:
+    """τ calibrated on held-out draws at the paper's L = Lmax point, then the 3 seeds with and without
+    (``metric`` None: the point's Fréchet distance)."""
     cfg = config(name, spec, None)
     ranks = Ranks()
     model, train_cfg, s, sampler, device, prec, npz = load_for_evaluation(cfg, ranks)
     sweep = LoopSweep(cfg, model, train_cfg, s, sampler, device, prec, ranks, npz)
     search = Search(sweep, Path(cfg.eval.output_dir))
     p = search.point(int(sampler["steps"]), model.Lmax)
+    metric = metric or pick_metric(search.score(p, CALIBRATION_SEED, spec["per_class"]), "auto")
     tau, table = calibrate_tau(search, p, taus, TARGET_LOSS, metric, spec["per_class"], exit_rule(model, criterion))
     runs = {"off": [search.score(p, seed, s.samples_per_class) for seed in SEEDS]}
     rule = {"tau": tau, **(exit_rule(model, criterion) or {})}
     runs["on"] = [search.score(p, seed, s.samples_per_class, rule) for seed in SEEDS] if tau > 0 else runs["off"]
-    out = {"point": p["name"], "criterion": criterion, "tau": tau, "target_loss": TARGET_LOSS, "calibration": table,
+    out = {"point": p["name"], "criterion": criterion, "metric": metric, "tau": tau, "target_loss": TARGET_LOSS, "calibration": table,
            "N": model.N, "judge": [judges.JUDGES[train_cfg.data.name].version],
            "wall": wall_pairs(model, sampler, device, rule, f"{name} {criterion}")}
     for k, rs in runs.items():
@@ -299,17 +315,55 @@ def figures(results: dict) -> None:
         save_figure(fig, ROOT / "docs/img/anytime_early_exit.png")
 
 
+def exit_taus(spec: dict, args) -> list[float]:
+    if args.taus:
+        return [float(t) for t in args.taus.split(",")]
+    if args.exit_only not in spec["exits"]:
+        raise SystemExit(f"--exit-only {args.exit_only}: no τ grid for it here ({', '.join(spec['exits'])}); give --taus")
+    return spec["exits"][args.exit_only]
+
+
+def exit_only(args) -> None:
+    """``--exit-only CRITERION --out FILE``: early exit alone on --only's checkpoints, into FILE (merged)."""
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    for name in args.only or []:
+        if name not in CHECKPOINTS or not checkpoint(name).is_file():
+            raise SystemExit(f"--only {name}: no checkpoint at {checkpoint(name)} (one of {', '.join(CHECKPOINTS)})")
+        e = early_exit(name, CHECKPOINTS[name], None, args.exit_only, exit_taus(CHECKPOINTS[name], args))
+        results.setdefault(name, {})[args.exit_only] = e
+        write_text_atomic(out, json.dumps(results, indent=2, default=str))
+        print(f"{name} {args.exit_only} τ={e['tau']:g}: blocks {e['off']['block_applications'][0]:.1f} -> "
+              f"{e['on']['block_applications'][0]:.1f} ({100 * e['block_saving']:.1f}% saved), {e['metric']} "
+              f"{fmt(e['off'][e['metric']])} -> {fmt(e['on'][e['metric']])} ({100 * e['fd_cost']:+.1f}%), wall ratio "
+              + (f"{e['wall']['ratio_median']:.3f}" if e["wall"] else "-"), flush=True)
+
+
 def main() -> None:
+    global CKPT_ROOT, WALL_PAIRS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", default=None, help="checkpoint names (default: all that exist)")
     ap.add_argument("--no-early-exit", action="store_true")
     ap.add_argument("--render", action="store_true", help="only re-render the tables and figures from anytime.json")
     ap.add_argument("--exit-only", default=None, help="only (re)measure early exit with this criterion, added to --only's entries")
+    ap.add_argument("--taus", default=None, help="with --exit-only: its τ grid, comma-separated (default: the checkpoint's)")
+    ap.add_argument("--out", default=None, help="with --exit-only: write its entries to this JSON file, not to benchmarks/results")
+    ap.add_argument("--ckpt-root", default=None, help="where the checkpoints are (default: outputs/anytime/ckpt)")
+    ap.add_argument("--pairs", type=int, default=WALL_PAIRS, help=f"early exit's interleaved wall-time pairs (default {WALL_PAIRS})")
     ap.add_argument("--wall-pairs", action="store_true", help="only (re)measure early exit's wall time (interleaved pairs)")
     ap.add_argument("--solver-axes", action="store_true",
                     help="DiT: search the solver axes too (SOLVER_AXES: ddpm and dpmpp_2m on the logSNR grid, and "
                          "SOLVER_STEPS added to the steps); not the grid of the committed results")
     args = ap.parse_args()
+    if (args.taus or args.out) and not args.exit_only:
+        ap.error("--taus and --out need --exit-only")
+    if args.out and not args.only:
+        ap.error("--out measures the checkpoints named by --only: name at least one")
+    WALL_PAIRS = args.pairs
+    if args.ckpt_root:
+        CKPT_ROOT = Path(args.ckpt_root).resolve()
+    if args.out:
+        return exit_only(args)
     if args.solver_axes:
         for name, spec in CHECKPOINTS.items():
             if name.endswith("_dit"):
@@ -321,19 +375,19 @@ def main() -> None:
     for name, spec in CHECKPOINTS.items():
         if args.render or (args.only is not None and name not in args.only):
             continue
-        if not (ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt").is_file():
+        if not checkpoint(name).is_file():
             print(f"skip {name}: no checkpoint (train it: python train.py experiment={name} "
                   f"hydra.run.dir=outputs/anytime/ckpt/{name})")
             continue
         r = results.setdefault(name, {})
-        ckpt = torch.load(ROOT / "outputs/anytime/ckpt" / name / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+        ckpt = torch.load(checkpoint(name), map_location="cpu", weights_only=False)
         r["ckpt_step"] = {"trained": int(ckpt["global_step"]), "recipe": int(ckpt["elt_config"]["trainer"]["max_steps"])}
         r["machine"] = machine()  # of this entry's latest measurement
         if args.wall_pairs:
             remeasure_wall(name, spec, r.get("early_exit") or [])
         elif args.exit_only:
             done = [e for e in r.get("early_exit") or [] if e["criterion"] != args.exit_only]
-            r["early_exit"] = done + [early_exit(name, spec, r["pareto"]["metric"], args.exit_only, spec["exits"][args.exit_only])]
+            r["early_exit"] = done + [early_exit(name, spec, r["pareto"]["metric"], args.exit_only, exit_taus(spec, args))]
         else:
             r["pareto"] = slim(run_search(config(name, spec, paper_budget(name, spec))))
             r["judge"] = judges.JUDGES[name.rsplit("_", 1)[0]].version  # the recipe the search was scored with

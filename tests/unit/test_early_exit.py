@@ -4,9 +4,11 @@ import statistics
 import pytest
 import torch
 
+from elt.core import diffusion as D
 from elt.core import schedules
-from elt.samplers.early_exit import EarlyExit
 from elt.core.backbone import LoopedBackbone
+from elt.samplers import diffusion as S
+from elt.samplers.early_exit import EarlyExit, dit_distance, snr_gain
 from support.models import random_dit, tiny_maskgit
 
 
@@ -49,7 +51,7 @@ def test_tau_zero_is_the_plain_sampler_and_a_huge_tau_is_min_loops(name, cfg):
 
 
 @pytest.mark.parametrize("name,criterion", [("maskgit", "commit"), ("maskgit", "kl"), ("dit", "rel"), ("dit", "noise"),
-                                            ("dit", "state")])
+                                            ("dit", "state")])  # state_snr: state's loop, weighted per step (below)
 def test_the_batch_shrinks_as_samples_exit(name, criterion):
     model = family(name, Lmax=4)
     probe = EarlyExit(tau=0.0, criterion=criterion, record=[])
@@ -88,3 +90,58 @@ def test_bad_early_exit_settings_are_named():
                            ({"tau": 0.1, "criterion": "rel"}, "not one of maskgit's")]:
         with pytest.raises(schedules.ScheduleError, match=fragment):
             run(model, spec)
+
+
+HEAD_FREE = ["state", "state_snr"]
+
+
+@pytest.mark.parametrize("kind", S.SAMPLERS)
+@pytest.mark.parametrize("criterion", HEAD_FREE)
+def test_head_free_criteria_read_no_extra_head_and_stop_samples_with_every_solver(kind, criterion):
+    """The head (``readout``) reads no more rows than the plain sampler's, samples still leave early,
+    and τ = 0 is the plain sampler bit for bit, whatever the solver."""
+    model = random_dit(Lmax=4).eval()
+    rows = []
+    real = model.readout
+    model.readout = lambda state, cond: (rows.append(len(state)), real(state, cond))[1]
+    y, kw = torch.arange(6), dict(kind=kind, steps=4, cfg_scale=2.0)
+
+    def go(early_exit, stats=None):
+        rows.clear()
+        out = model.sample(y, 4, generator=torch.Generator().manual_seed(1), early_exit=early_exit, stats=stats, **kw)
+        return out, sum(rows)
+
+    plain, plain_rows = go(None)
+    same, same_rows = go({"tau": 0.0, "criterion": criterion})
+    assert torch.equal(same, plain) and same_rows == plain_rows
+    probe = EarlyExit(tau=0.0, criterion=criterion, record=[])
+    go(probe)
+    finite = [d for step in probe.record for d in step if d < float("inf")]
+    stats = {}
+    _, exit_rows = go({"tau": statistics.median(finite), "criterion": criterion}, stats)
+    assert exit_rows <= plain_rows and stats["heads"].eq(1).all()
+    assert stats["loops"].float().mean() < 4  # samples stopped
+
+
+def test_state_snr_weighs_the_steps_like_noise_and_never_exits_at_the_last():
+    """The same state change counts for more the lower the step's noise; the last step adds none;
+    ``noise`` weighs by the root of the same gain."""
+    steps = 6
+    lams = D.step_grid(random_dit().schedule, steps, "t")[1]
+    prev, cur = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    idx = torch.arange(2)
+    d = [dit_distance("state_snr", lams, i, steps)(prev, cur, idx) for i in range(steps)]
+    base = dit_distance("state", lams, 0, steps)(prev, cur, idx)
+    for i in range(steps - 1):
+        torch.testing.assert_close(d[i], snr_gain(lams[i], lams[i + 1]) * base)
+    assert all((d[i] < d[i + 1]).all() for i in range(steps - 2)) and torch.isinf(d[-1]).all()
+    a_s, s_s = D.alpha_sigma(lams[2])
+    c = -torch.expm1(lams[1] - lams[2])
+    x0 = torch.randn(2, 1, 8, 8)
+    noise = dit_distance("noise", lams, 1, steps)(x0, x0 + 0.1, idx)
+    torch.testing.assert_close(noise, (a_s * c * 0.1 / (s_s * c.sqrt())).expand(2))  # mean moved / noise added
+
+
+def test_an_unknown_criterion_lists_the_valid_ones_in_one_line():
+    with pytest.raises(schedules.ScheduleError, match=r"'bogus' is not one of dit's: rel, noise, state, state_snr$"):
+        EarlyExit(tau=0.1, criterion="bogus").criterion_for("dit")

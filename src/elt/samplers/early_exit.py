@@ -8,12 +8,13 @@ the rule, and the loops and heads every sample used (``stats``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from elt.core import guidance, schedules
-from elt.core.diffusion import alpha_sigma
 from elt.core.flops import evals_per_step
 from elt.core.schedules import ScheduleError, is_int
 
@@ -27,8 +28,10 @@ class EarlyExit:
     criterion: MaskGIT ``commit`` (share of the tokens this step would commit that change between
     the exits; the step's Gumbel noise is fixed first, so agreement is exact) or ``kl`` (mean KL of
     the token distributions over still-masked positions); DiT ``rel`` (‖x̂0_l − x̂0_{l−1}‖/‖x̂0_l‖),
-    ``noise`` (DDPM: the RMS change of the step's posterior mean in units of the noise it adds) or
-    ``state`` (‖h_l − h_{l−1}‖/‖h_l‖ of the backbone state: no head is read but the one at the exit).
+    ``noise`` (DDPM: the RMS change of the step's posterior mean in units of the noise it adds),
+    ``state`` (the RMS change of the layer-normed backbone state, what the head reads: no head is read
+    but the one at the exit) or ``state_snr`` (``state`` times the SNR the step gains, for every
+    solver: reads no extra head and exits early at high noise).
     ``min_loops``: the earliest exit (≥ 2: loop 1 has nothing to compare with). ``record``: a list
     to which every step appends the batch-mean distance at each loop (profiling, no exits if tau=0).
     """
@@ -38,7 +41,7 @@ class EarlyExit:
     min_loops: int = 2
     record: list | None = None
 
-    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise", "state")}
+    CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise", "state", "state_snr")}
 
     def __post_init__(self):
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 0:
@@ -235,30 +238,54 @@ def relative_change(prev, cur, idx=None) -> torch.Tensor:
     return (cur - prev).flatten(1).norm(dim=1) / cur.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
+def snr_gain(logsnr_t, logsnr_s):
+    """SNR_s − SNR_t, the signal-to-noise ratio step t → s gains: also the square of how much a change
+    of x̂0 moves the ancestral step's mean (a_s·c·Δx̂0) in units of the noise it adds (σ_s·√c), as
+    a_s²·c/σ_s² = SNR_s·(1 − SNR_t/SNR_s)."""
+    return torch.exp(logsnr_s) * -torch.expm1(logsnr_t - logsnr_s)
+
+
 def noise_scaled_change(logsnr_t, logsnr_s):
     """DiT ``noise``: the RMS change of the ancestral step t → s's mean (a_s·c·Δx̂0) in units of the
     noise the step adds (σ_s·√c): a change far below the fresh noise cannot matter."""
-    a_s, s_s = alpha_sigma(logsnr_s)
-    weight = a_s * (-torch.expm1(logsnr_t - logsnr_s)).sqrt() / s_s
+    weight = snr_gain(logsnr_t, logsnr_s).sqrt()
     return lambda prev, cur, idx: weight * (cur - prev).flatten(1).pow(2).mean(1).sqrt()
 
 
 def state_change(prev, cur, idx) -> torch.Tensor:
-    """DiT ``state``: ‖h_l − h_{l−1}‖ / ‖h_l‖ per sample over its rows (both halves under guidance)."""
+    """DiT ``state``: the RMS change per sample of the layer-normed backbone state over its rows (both
+    halves under guidance). Normed as the head's input is: the raw state's norm keeps growing with the
+    loops while the prediction settles, its normed direction settles with it."""
     n = len(idx)
-    flat = lambda h: h.reshape(h.shape[0] // n, n, -1).transpose(0, 1).reshape(n, -1)  # noqa: E731
-    p, c = flat(prev).float(), flat(cur).float()
-    return (c - p).norm(dim=1) / c.norm(dim=1).clamp_min(1e-12)
+    flat = lambda h: F.layer_norm(h.float(), h.shape[-1:]).reshape(h.shape[0] // n, n, -1).transpose(0, 1).reshape(n, -1)  # noqa: E731
+    return (flat(cur) - flat(prev)).pow(2).mean(1).sqrt()
 
 
 state_change.on_state = True  # early_exit_predict: decided on backbone states, not on read-out heads
 
 
+def scaled_state_change(weight):
+    """DiT ``state_snr``: ``state`` times the step's ``snr_gain`` (``None``: the last step, whose gain
+    is infinite, so nothing exits there). The gain, not its root (``noise``'s weight): a state's change
+    predicts x̂0's less well than x̂0's own change does, so its exits are kept nearer high noise, where
+    a wrong one costs least (measured: docs/anytime.md)."""
+    if weight is None:
+        dist = lambda prev, cur, idx: torch.full((len(idx),), math.inf, device=cur.device)  # noqa: E731
+    else:
+        dist = lambda prev, cur, idx: weight * state_change(prev, cur, idx)  # noqa: E731
+    dist.on_state = True
+    return dist
+
+
 def dit_distance(criterion: str | None, logsnrs, i: int, steps: int):
     """The criterion at sampling step ``i`` of ``steps`` on the λ grid ``logsnrs``; the last step adds
-    no noise, so ``noise`` falls back to ``rel`` there."""
-    if criterion == "noise" and i + 1 < steps:
+    no noise, so ``noise`` falls back to ``rel`` there and ``state_snr`` never exits. ``state_snr``'s
+    weight is a property of the grid, so it ranks the steps the same way for every solver."""
+    last = i + 1 >= steps
+    if criterion == "noise" and not last:
         return noise_scaled_change(logsnrs[i], logsnrs[i + 1])
+    if criterion == "state_snr":
+        return scaled_state_change(None if last else snr_gain(logsnrs[i], logsnrs[i + 1]))
     if criterion == "state":
         return state_change
     return relative_change
