@@ -255,7 +255,7 @@ def render(results: dict) -> str:
                      f"{'met' if ok else 'missed'} |")
     for name, r in results.items():
         if "pareto" in r:
-            lines += ["", f"### {name}", "", open(ROOT / "outputs/anytime/pareto" / name / "front.md").read().strip()]
+            lines += ["", f"### {name}", "", front_table(r["pareto"]).strip()]  # from the results: no local run needed
         for e in r.get("early_exit") or []:
             lines += ["", f"Early-exit calibration ({e['point']}, {e['criterion']}, held-out draws, FD relative to τ=0): "
                       + ", ".join(f"τ={row['tau']:g}: {row['relative']:.3f}×" for row in e["calibration"])]
