@@ -45,7 +45,7 @@ from elt.evaluation import judges  # noqa: E402
 from elt.runtime.distributed import Ranks  # noqa: E402
 from elt.evaluation.sweep import LoopSweep, balanced_labels  # noqa: E402
 from elt.jobs.evaluate import load_for_evaluation  # noqa: E402
-from elt.jobs.pareto import Search, calibrate_tau, front_figure, pick_metric, run_search  # noqa: E402
+from elt.jobs.pareto import Search, calibrate_tau, front_figure, front_table, pick_metric, run_search  # noqa: E402
 from elt.samplers.budget import CALIBRATION_SEED  # noqa: E402
 from elt.evaluation.plots import save_figure  # noqa: E402
 from elt.runtime.files import write_text_atomic  # noqa: E402
