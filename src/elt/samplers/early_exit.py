@@ -257,8 +257,12 @@ def state_change(prev, cur, idx) -> torch.Tensor:
     halves under guidance). Normed as the head's input is: the raw state's norm keeps growing with the
     loops while the prediction settles, its normed direction settles with it."""
     n = len(idx)
-    flat = lambda h: F.layer_norm(h.float(), h.shape[-1:]).reshape(h.shape[0] // n, n, -1).transpose(0, 1).reshape(n, -1)  # noqa: E731
-    return (flat(cur) - flat(prev)).pow(2).mean(1).sqrt()
+
+    def per_sample(h):  # [halves·n, tokens, width] -> [n, halves·tokens·width], normed per token
+        normed = F.layer_norm(h.float(), h.shape[-1:])
+        return normed.reshape(h.shape[0] // n, n, -1).transpose(0, 1).reshape(n, -1)
+
+    return (per_sample(cur) - per_sample(prev)).pow(2).mean(1).sqrt()
 
 
 state_change.on_state = True  # early_exit_predict: decided on backbone states, not on read-out heads

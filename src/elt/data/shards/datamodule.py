@@ -142,7 +142,7 @@ class ShardDataModule(ResumablePosition, L.LightningDataModule):
         trainer = self.trainer
         cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         keep = workers > 0 and self.persistent_workers in ("auto", True)
-        world, rank = self.ranks()
+        _, rank = self.ranks()
         return {"num_workers": workers, "pin_memory": cuda if self.pin_memory == "auto" else self.pin_memory,
                 "persistent_workers": keep, "prefetch_factor": self.prefetch_factor if workers > 0 else None,
                 "generator": torch.Generator().manual_seed(mix_seed(self.shuffle_seed, rank, stage, "loader"))}
