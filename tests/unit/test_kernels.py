@@ -111,8 +111,13 @@ def test_bf16_attention_form_matches_sdpa_and_long_sequences_keep_sdpa(monkeypat
         ours = kernels.attention(q, k, v)
         grads = torch.autograd.grad(ours.float().square().sum(), (q, k, v))
         assert sdpa_calls == []  # 64 x 64 scores: the explicit form
-        long = torch.randn(1, 1, 256, 32)
-        kernels.attention(long, long, long)  # 256 x 256 scores: the fused kernel
+        with torch.no_grad():
+            torch.testing.assert_close(kernels.attention(q, k, v), ref, rtol=2e-2, atol=2e-2)
+        q64, k64, v64 = (torch.randn(2, 3, 16, 64, generator=g, dtype=torch.bfloat16) for _ in range(3))
+        with torch.no_grad():  # inference's in-place form: the same numbers (a 1/8 scale rounds alike anywhere)
+            assert torch.equal(kernels.attention(q64, k64, v64), torch.enable_grad()(kernels.attention)(q64, k64, v64))
+        long = torch.randn(1, 1, 512, 32)
+        kernels.attention(long, long, long)  # 512 x 512 scores: the fused kernel
         kernels.attention(q, k, v, dropout_p=0.1)  # dropout: SDPA's own
     kernels.attention(q, k, v)  # fp32: SDPA
     assert sdpa_calls == [1, 1, 1]
