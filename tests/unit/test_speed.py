@@ -67,7 +67,9 @@ def test_logged_flops_per_second_match_the_counter_and_the_wall_clock():
     assert 0.0 <= got["perf/data_wait"] < 1.0
     # the last window: 2 steps x 16 samples over the time from step 4's end to step 6's end
     window = rec.ends[-1] - rec.ends[-3]  # the last two steps, batch end to batch end
-    assert got["perf/samples_per_s"] == pytest.approx(32 / window, rel=0.05)
+    # 15%: the two callbacks read the clock a few calls apart, which a loaded machine stretches; a wrong
+    # window (one step, or three) would be 2x or 0.67x off
+    assert got["perf/samples_per_s"] == pytest.approx(32 / window, rel=0.15)
     assert monitor.peak_source.startswith("measured fp32 GEMM") and monitor.peak > 0
 
 
