@@ -2,8 +2,9 @@
 
 The threshold ``MATH_ATTENTION_MAX_SCORES`` comes from this table: per token count, forward and forward +
 backward of one attention call at DiT-S's shape (batch 8, 6 heads, head dim 64), bf16 inputs, both forms
-interleaved, and the bytes each keeps for its backward (the explicit form keeps the probabilities, one bf16 per
-query-key pair; the fused kernel keeps a row statistic). Results: benchmarks/results/attention.{json,md}.
+interleaved, and the bytes each keeps for its backward besides q, k, v (the explicit form: the scaled q and
+the probabilities, one bf16 per query-key pair; the fused kernel: its output and a row statistic). Results:
+benchmarks/results/attention.{json,md}.
 
     OMP_NUM_THREADS=1 python benchmarks/attention.py [--tokens 16 64 128 256 512 1024] [--reps 7]
 """
@@ -31,8 +32,8 @@ FORMS = {"fused": 0, "explicit": 1 << 62}  # form -> the score cap that selects 
 
 def call(form: str, q, k, v, go, backward: bool) -> None:
     kernels.MATH_ATTENTION_MAX_SCORES = FORMS[form]
-    if backward:
-        kernels.attention(q, k, v).backward(go)
+    if backward:  # gradients returned, not accumulated into .grad: the attention's own work only
+        torch.autograd.grad(kernels.attention(q, k, v), (q, k, v), go)
     else:
         with torch.no_grad():
             kernels.attention(q, k, v)
@@ -86,12 +87,13 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "attention.json"))
     args = p.parse_args(argv)
+    mode, cap = kernels.cpu_kernels(), kernels.MATH_ATTENTION_MAX_SCORES
     kernels.set_cpu_kernels("auto")
-    cap = kernels.MATH_ATTENTION_MAX_SCORES
     try:
         rows = [measure(t, args.reps, args.calls) for t in args.tokens]
     finally:
         kernels.MATH_ATTENTION_MAX_SCORES = cap
+        kernels.set_cpu_kernels(mode)
     cells = [[str(r["tokens"]), f"{r['fwd_fused_ms']:.2f}", f"{r['fwd_explicit_ms']:.2f}", f"{r['fwd_speedup']:.2f}×",
               f"{r['fwd_bwd_fused_ms']:.2f}", f"{r['fwd_bwd_explicit_ms']:.2f}", f"{r['fwd_bwd_speedup']:.2f}×",
               f"{r['saved_fused_mib']:.2f}", f"{r['saved_explicit_mib']:.2f}",
@@ -99,7 +101,7 @@ def main(argv=None):
     table = [f"bf16 attention on the CPU, batch {BATCH}, {HEADS} heads, head dim {DIM}; median of {args.reps} "
              f"interleaved repetitions of {args.calls} calls; speed-up = fused time / explicit time; saved = what "
              "autograd keeps for the backward besides q, k, v; `auto` uses the explicit form up to "
-             f"{int(cap ** 0.5)}² scores per head.", "",
+             f"{cap} scores per head ({int(cap ** 0.5)}² tokens).", "",
              *table_lines(["tokens", "fwd fused (ms)", "fwd explicit (ms)", "fwd speed-up", "fwd+bwd fused (ms)",
                            "fwd+bwd explicit (ms)", "fwd+bwd speed-up", "saved fused (MiB)",
                            "saved explicit (MiB)", "auto uses"], cells)]

@@ -116,8 +116,11 @@ def test_bf16_attention_form_matches_sdpa_and_long_sequences_keep_sdpa(monkeypat
         q64, k64, v64 = (torch.randn(2, 3, 16, 64, generator=g, dtype=torch.bfloat16) for _ in range(3))
         with torch.no_grad():  # inference's in-place form: the same numbers (a 1/8 scale rounds alike anywhere)
             assert torch.equal(kernels.attention(q64, k64, v64), torch.enable_grad()(kernels.attention)(q64, k64, v64))
-        long = torch.randn(1, 1, 512, 32)
-        kernels.attention(long, long, long)  # 512 x 512 scores: the fused kernel
+        grid = torch.randn(1, 1, 257, 32)
+        kernels.attention(grid, grid, grid)  # a 16 x 16 grid and a class token: still the explicit form
+        assert sdpa_calls == []
+        long = torch.randn(1, 1, 258, 32)
+        kernels.attention(long, long, long)  # one token more: the fused kernel
         kernels.attention(q, k, v, dropout_p=0.1)  # dropout: SDPA's own
     kernels.attention(q, k, v)  # fp32: SDPA
     assert sdpa_calls == [1, 1, 1]

@@ -13,16 +13,18 @@ bf16 matmuls (autocast) already run on oneDNN where it computes bf16 (AVX-512 an
 in fp32 over the MLP's widest activation (and rounds once instead of twice: within one bf16 ulp of
 autocast's F.linear + F.gelu).
 
-Attention: under CPU bf16, up to ``MATH_ATTENTION_MAX_SCORES`` scores per head (256 tokens: DiT's and
-MaskGIT's 16×16 grids), the explicit form, two bf16 GEMMs around ATen's bf16 softmax (fp32 inside, rounded
+Attention: under CPU bf16, up to ``MATH_ATTENTION_MAX_SCORES`` scores per head (a 16×16 grid of DiT patches
+or MaskGIT tokens), the explicit form, two bf16 GEMMs around ATen's bf16 softmax (fp32 inside, rounded
 once), beats PyTorch's fused CPU kernel, whose backward has a large fixed cost
-(benchmarks/results/attention.md). Asking that softmax for an fp32 result from bf16 scores takes a slow
-path (~7x), hence bf16 in and out. The costs: the scores are rounded to bf16 before the softmax, as
-autocast's plain ``q @ kᵀ`` does (~1% relative error against ~0.2% for the fused kernel, which keeps fp32
-scores, at logits of standard deviation 4), and the probabilities are kept for the backward (one bf16 per query-key pair),
-so longer sequences keep the fused kernel. Without autograd the softmax runs in place in the score buffer:
-fewer large allocations, each of which glibc serves with fresh pages (page faults cost as much as the
-softmax). fp32 keeps SDPA everywhere (its MKL batched GEMMs are no faster than the fused kernel).
+(benchmarks/results/attention.md). Asking that softmax for an fp32 result from bf16 scores takes a slow path
+(~7x), hence bf16 in and out. The costs: the scores are rounded to bf16 before the softmax, as autocast's
+plain ``q @ kᵀ`` does (~1% relative error against ~0.2% for the fused kernel, which keeps fp32 scores, at
+logits of standard deviation 4), and the probabilities are kept for the backward (one bf16 per query-key
+pair), so longer sequences keep the fused kernel. Without autograd the scores are scaled and soft-maxed in
+place in one buffer: fewer large allocations, which glibc serves with fresh pages each time (measurably
+slower at these sizes). That path scales the product rather than q, so where d^-½ is not a power of two it
+rounds differently from the training path (within a bf16 step). fp32 keeps SDPA everywhere (its MKL batched
+GEMMs are no faster than the fused kernel).
 
 ``auto`` (the default) uses these paths; ``aten`` restores PyTorch's choices everywhere (to compare, or
 to reproduce numbers computed with them: the two differ only in floating-point rounding).
@@ -41,7 +43,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from elt.runtime.config import ConfigError
 
 MODES = ("auto", "aten")
-MATH_ATTENTION_MAX_SCORES = 256 * 256  # query x key positions per head (measured, 1 thread: see the docstring)
+# query x key positions per head: a 16x16 grid plus MaskGIT's class token. The explicit form is faster at every
+# length benchmarks/attention.py measured; the cap bounds what it keeps for the backward (quadratic in length)
+MATH_ATTENTION_MAX_SCORES = 257 * 257
 ONEDNN_MIN_MACS = 1 << 21  # M·K·N: below this oneDNN's set-up outweighs its faster GEMM (measured, 1 thread)
 _mode = "auto"
 
@@ -134,7 +138,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def _ours(t: torch.Tensor) -> bool:
     """May this process's CPU kernels take ``t`` (not a counter's or compiler's trace, not a subclass)?"""
     return (_mode == "auto" and t.device.type == "cpu" and _plain(t) and not torch.compiler.is_compiling()
-            and _get_current_dispatch_mode() is None)
+            and _get_current_dispatch_mode() is None and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
@@ -143,9 +147,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
     if dropout_p == 0.0 and _ours(q) and (q.dtype == torch.bfloat16 or _cpu_autocast_bf16()) \
             and q.shape[-2] * k.shape[-2] <= MATH_ATTENTION_MAX_SCORES:
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
-        if not torch.is_grad_enabled():  # one score buffer, scaled in the GEMM, softmax in place
+        if not torch.is_grad_enabled():  # one score buffer: scaled and soft-maxed in place
             scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-            return torch.matmul(torch.ops.aten._softmax.out(scores, -1, False, out=scores), v)
+            if scores.is_contiguous():  # the out= kernel assumes a dense buffer
+                return torch.matmul(torch.ops.aten._softmax.out(scores, -1, False, out=scores), v)
+            return torch.matmul(torch.softmax(scores, -1), v)
         scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
         return torch.matmul(torch.softmax(scores, -1), v)  # bf16 in and out, fp32 inside (see the docstring)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
