@@ -48,6 +48,7 @@ from elt.jobs.evaluate import load_for_evaluation  # noqa: E402
 from elt.jobs.pareto import Search, calibrate_tau, front_figure, front_table, pick_metric, run_search  # noqa: E402
 from elt.samplers.budget import CALIBRATION_SEED  # noqa: E402
 from elt.evaluation.plots import save_figure  # noqa: E402
+from elt.experiments.mini_paper.stats import compare, fmt_p  # noqa: E402
 from elt.runtime.files import write_text_atomic  # noqa: E402
 from elt.samplers.budget import run_lengths  # noqa: E402
 from ilsd_overhead import machine, machine_lines  # noqa: E402  (same folder)
@@ -58,9 +59,13 @@ WALL_PAIRS, WALL_PER_CLASS = 5, 2  # early exit's wall time: 5 interleaved off/o
 # videos cost 4-9x more per sample (the DiT ~2 s per video at L=4 on this CPU): fewer schedules
 VIDEO_SCHEDULES = "[1,2,3,4,linear:4-1,linear:1-4,step:4-1,step:4-2,change:2,change:3]"
 VIDEO_DIT_SCHEDULES = "[1,2,3,4,linear:1-4,step:1-4,step:2-4,change:2.5]"
-# --solver-axes: the any-time search over the diffusion solver too (pareto.solvers), with the few steps
-# a second-order solver needs
-SOLVER_AXES = "[{kind:ddpm},{kind:dpmpp_2m,spacing:logsnr}]"
+# --solver-axes: the any-time search over the sampler's other axes too (pareto.solvers). DiT: the solver,
+# its grid, and guidance inside a logSNR interval (EDM2's σ ∈ (0.28, 5.42] is λ ∈ [-3.4, 2.5]; scale 3, the
+# paper's, beat 1.5 there and 3 everywhere on the Fashion-MNIST DiT-ELT: docs/dit.md#guidance-interval), with
+# the few steps a second-order solver needs. MaskGIT: the guidance scale ({} = the checkpoint's).
+SOLVER_AXES = {"dit": "[{kind:ddpm},{kind:dpmpp_2m,spacing:logsnr},"
+                      "{kind:dpmpp_2m,spacing:logsnr,cfg_scale:3.0,cfg_interval:[-3.4,2.5]}]",
+               "maskgit": "[{},{cfg_scale:1.5},{cfg_scale:3.0}]"}
 SOLVER_STEPS = [16, 32]
 # DiT's state criteria (no extra heads): the normed state's RMS change between loops is 0.06-0.31 on the
 # digits demo checkpoint (x̂0's 0.003-0.09); state_snr multiplies it by the step's SNR gain (digits, 128 steps:
@@ -203,8 +208,20 @@ def best_gain(result: dict) -> dict:
     best = min(rivals, key=lambda p: p["quality"], default=None)
     varying = min((p for p in rivals if len(set(p["plan"])) > 1), key=lambda p: p["quality"], default=None)
     gain = None if best is None else 1 - best["quality"] / best_fixed["quality"]
+    # what the loops add beyond the sampler setting: the best fixed-L point scored with the winner's solver axes
+    same = None if best is None else min((p for p in rivals if (p.get("solver") or {}) == (best.get("solver") or {})
+                                          and len(set(p["plan"])) == 1), key=lambda p: p["quality"], default=None)
     return {"best_fixed": best_fixed, "best_schedule": best, "fd_gain": gain, "best_varying": varying,
-            "fd_gain_varying": None if varying is None else 1 - varying["quality"] / best_fixed["quality"]}
+            "fd_gain_varying": None if varying is None else 1 - varying["quality"] / best_fixed["quality"],
+            "best_fixed_same_solver": same}
+
+
+def welch_cell(a: dict, b: dict) -> str:
+    """Is point ``a`` better than ``b`` over the sampling seeds (the mini-paper's rule: Welch, α = 0.05)?"""
+    if "per_seed" not in a or "per_seed" not in b:
+        return "–"
+    c = compare(a["per_seed"], b["per_seed"])
+    return f"{c['outcome']}, {fmt_p(c['p'])}"
 
 
 def fmt(ms, digits=3) -> str:
@@ -225,8 +242,8 @@ def render(results: dict) -> str:
               + ", ".join(f"{n} {r['ckpt_step']['trained']}/{r['ckpt_step']['recipe']}" for n, r in results.items()
                           if "ckpt_step" in r) + ".", ""]
     lines += ["## Pareto search against the paper's fixed-L protocol", "",
-              "| checkpoint | metric (judge recipe) | best fixed L (steps, L) | its GFLOPs | its FD | best searched at ≤ GFLOPs | GFLOPs | FD | FD gain | target ≥ 10% |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| checkpoint | metric (judge recipe) | best fixed L (steps, L) | its GFLOPs | its FD | best searched at ≤ GFLOPs | GFLOPs | FD | FD gain | Welch over seeds | target ≥ 10% |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "pareto" not in r:
             continue
@@ -234,13 +251,26 @@ def render(results: dict) -> str:
         bf, bs = g["best_fixed"], g["best_schedule"]
         lines.append(f"| {name} | {m} ({r.get('judge', '?')}) | {bf['steps']}, L={bf['plan'][0]} | {bf['gflops']:.3g} | {bf['quality']:.3g} ± {bf['quality_std']:.2g} | "
                      + (f"{bs['name']} | {bs['gflops']:.3g} | {bs['quality']:.3g} ± {bs['quality_std']:.2g} | {100 * g['fd_gain']:+.1f}% | "
-                        f"{'met' if g['fd_gain'] >= 0.10 else 'missed'} |" if bs else "– | – | – | – | missed |"))
+                        f"{welch_cell(bs, bf)} | {'met' if g['fd_gain'] >= 0.10 else 'missed'} |" if bs else "– | – | – | – | – | missed |"))
     lines += ["", "Best point whose loop count varies over the steps (a non-constant schedule) at ≤ the best fixed-L GFLOPs:", ""]
     for name, r in results.items():
         v = r.get("gain", {}).get("best_varying")
         if v:
             lines.append(f"- {name}: {v['name']} (loops {run_lengths(v['plan'])}): {v['gflops']:.3g} GFLOPs, {v['quality']:.3g} ± "
                          f"{v['quality_std']:.2g} ({100 * r['gain']['fd_gain_varying']:+.1f}% vs the best fixed L)")
+    lines += ["", "The best searched point's sampler setting with a fixed loop count (what the loop schedule adds beyond "
+              "the solver, grid and guidance; among the points scored with the real metric at ≤ the same GFLOPs):", ""]
+    for name, r in results.items():
+        g = best_gain(r["pareto"]) if "pareto" in r else {}  # from the scored points: results of any age
+        bs, same = g.get("best_schedule"), g.get("best_fixed_same_solver")
+        if bs:
+            if same is None:
+                lines.append(f"- {name}: none of its fixed-L points was scored with the real metric")
+            elif same["name"] == bs["name"]:
+                lines.append(f"- {name}: the best searched point has a fixed loop count itself (its gain is its step count and sampler setting)")
+            else:
+                lines.append(f"- {name}: {same['name']}: {same['gflops']:.3g} GFLOPs, {same['quality']:.3g} ± {same['quality_std']:.2g} "
+                             f"(the best searched point is {100 * (1 - bs['quality'] / same['quality']):+.1f}% against it)")
     lines += ["", "## Per-sample early exit at the paper's L = Lmax point", "",
               "| checkpoint | point | criterion, τ (calibrated: ≤ 5% FD on held-out draws) | block applications/sample off → on | saving | "
               "GFLOPs/sample off → on | wall s/sample off → on | FD off → on | FD cost | target ≥ 25% at ≤ 5% |",
@@ -352,8 +382,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=WALL_PAIRS, help=f"early exit's interleaved wall-time pairs (default {WALL_PAIRS})")
     ap.add_argument("--wall-pairs", action="store_true", help="only (re)measure early exit's wall time (interleaved pairs)")
     ap.add_argument("--solver-axes", action="store_true",
-                    help="DiT: search the solver axes too (SOLVER_AXES: ddpm and dpmpp_2m on the logSNR grid, and "
-                         "SOLVER_STEPS added to the steps); not the grid of the committed results")
+                    help="search the sampler's other axes too (SOLVER_AXES; DiT: ddpm, dpmpp_2m on the logSNR grid "
+                         "and it with guidance in an interval, SOLVER_STEPS added to the steps; MaskGIT: the "
+                         "guidance scale)")
     args = ap.parse_args()
     if (args.taus or args.out) and not args.exit_only:
         ap.error("--taus and --out need --exit-only")
@@ -366,9 +397,11 @@ def main() -> None:
         return exit_only(args)
     if args.solver_axes:
         for name, spec in CHECKPOINTS.items():
-            if name.endswith("_dit"):
+            family = name.rsplit("_", 1)[1]
+            if family == "dit":
                 spec["steps"] = sorted(set(spec["steps"]) | set(SOLVER_STEPS))
-                spec["solvers"] = SOLVER_AXES
+            if family in SOLVER_AXES:
+                spec["solvers"] = SOLVER_AXES[family]
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     path = ROOT / "benchmarks/results/anytime.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
