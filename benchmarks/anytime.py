@@ -229,6 +229,7 @@ def fmt(ms, digits=3) -> str:
 
 
 def render(results: dict) -> str:
+    gains = {n: best_gain(r["pareto"]) for n, r in results.items() if "pareto" in r}  # today's rules, any result's age
     lines = ["# Any-time inference: loop schedules, Pareto search, early exit (`benchmarks/anytime.py`)", "",
              *machine_lines({n: r.get("machine") for n, r in results.items()}), "",
              f"CPU, fp32 sampling, {len(SEEDS)} sampling seeds {SEEDS} (mean ± std). Quality = the Fréchet distance in the "
@@ -247,21 +248,21 @@ def render(results: dict) -> str:
     for name, r in results.items():
         if "pareto" not in r:
             continue
-        g, m = r["gain"], r["pareto"]["metric"]
+        g, m = gains[name], r["pareto"]["metric"]
         bf, bs = g["best_fixed"], g["best_schedule"]
         lines.append(f"| {name} | {m} ({r.get('judge', '?')}) | {bf['steps']}, L={bf['plan'][0]} | {bf['gflops']:.3g} | {bf['quality']:.3g} ± {bf['quality_std']:.2g} | "
                      + (f"{bs['name']} | {bs['gflops']:.3g} | {bs['quality']:.3g} ± {bs['quality_std']:.2g} | {100 * g['fd_gain']:+.1f}% | "
                         f"{welch_cell(bs, bf)} | {'met' if g['fd_gain'] >= 0.10 else 'missed'} |" if bs else "– | – | – | – | – | missed |"))
     lines += ["", "Best point whose loop count varies over the steps (a non-constant schedule) at ≤ the best fixed-L GFLOPs:", ""]
     for name, r in results.items():
-        v = r.get("gain", {}).get("best_varying")
+        v = gains.get(name, {}).get("best_varying")
         if v:
             lines.append(f"- {name}: {v['name']} (loops {run_lengths(v['plan'])}): {v['gflops']:.3g} GFLOPs, {v['quality']:.3g} ± "
-                         f"{v['quality_std']:.2g} ({100 * r['gain']['fd_gain_varying']:+.1f}% vs the best fixed L)")
+                         f"{v['quality_std']:.2g} ({100 * gains[name]['fd_gain_varying']:+.1f}% vs the best fixed L)")
     lines += ["", "The best searched point's sampler setting with a fixed loop count (what the loop schedule adds beyond "
               "the solver, grid and guidance; among the points scored with the real metric at ≤ the same GFLOPs):", ""]
     for name, r in results.items():
-        g = best_gain(r["pareto"]) if "pareto" in r else {}  # from the scored points: results of any age
+        g = gains.get(name, {})
         bs, same = g.get("best_schedule"), g.get("best_fixed_same_solver")
         if bs:
             if same is None:

@@ -34,3 +34,28 @@ def test_gathered_results_name_each_entrys_machine():
                                     "Machine (d): not recorded (measured before the results kept it).", ""]
     md = anytime.render({"a": {"machine": here}, "c": {"machine": here}})
     assert md.splitlines()[2] == ilsd_overhead.machine_line(here)
+
+
+def test_anytime_gain_tests_over_seeds_and_separates_the_sampler_from_the_schedule():
+    def point(name, gflops, per_seed, plan, solver=None, paper=False):
+        q = torch.tensor(per_seed, dtype=torch.float64)
+        return {"name": name, "steps": len(plan), "schedule": plan[0], "gflops": gflops, "plan": plan,
+                "solver": solver or {}, "per_seed": per_seed, "quality": float(q.mean()), "quality_std": float(q.std()),
+                "paper": paper, "seconds_per_sample": 0.1, "on_front": False}
+    guided = {"cfg_scale": 3.0}
+    scored = [point("paper L=2", 2.0, [30.0, 31.0, 29.0], [2, 2], paper=True),
+              point("paper L=1", 1.0, [40.0, 41.0, 39.0], [1, 1], paper=True),
+              point("guided rising", 1.5, [20.0, 21.0, 19.0], [1, 2], guided),
+              point("guided L=1", 1.2, [25.0, 26.0, 24.0], [1, 1], guided),
+              point("guided L=2, over budget", 4.0, [10.0, 10.5, 9.5], [2, 2], guided)]
+    gain = anytime.best_gain({"scored": scored})
+    assert gain["best_fixed"]["name"] == "paper L=2" and gain["best_schedule"]["name"] == "guided rising"
+    assert gain["fd_gain"] == 1 - 20 / 30
+    assert gain["best_fixed_same_solver"]["name"] == "guided L=1"  # within the budget, same solver axes
+    assert anytime.welch_cell(scored[2], scored[0]) == "better, p < 0.001"
+    assert anytime.welch_cell(scored[3], scored[3]).startswith("no difference")
+    pareto = {"scored": scored, "metric": "fid", "proxy": [], "run": "r", "seeds": [0, 1, 2], "samples_per_class": 1,
+              "budget_gflops": 2.0}
+    md = anytime.render({"x": {"pareto": pareto}})
+    assert "| +33.3% | better, p < 0.001 | met |" in md
+    assert "- x: guided L=1: 1.2 GFLOPs, 25 ± 1 (the best searched point is +20.0% against it)" in md
