@@ -101,7 +101,7 @@ def main(argv=None):
     table = [f"bf16 attention on the CPU, batch {BATCH}, {HEADS} heads, head dim {DIM}; median of {args.reps} "
              f"interleaved repetitions of {args.calls} calls; speed-up = fused time / explicit time; saved = what "
              "autograd keeps for the backward besides q, k, v; `auto` uses the explicit form up to "
-             f"{cap} scores per head ({int(cap ** 0.5)}² tokens).", "",
+             f"{cap} scores per head ({int(cap ** 0.5)} tokens).", "",
              *table_lines(["tokens", "fwd fused (ms)", "fwd explicit (ms)", "fwd speed-up", "fwd+bwd fused (ms)",
                            "fwd+bwd explicit (ms)", "fwd+bwd speed-up", "saved fused (MiB)",
                            "saved explicit (MiB)", "auto uses"], cells)]
