@@ -8,7 +8,7 @@ from elt.core import diffusion as D
 from elt.core import schedules
 from elt.core.backbone import LoopedBackbone
 from elt.samplers import diffusion as S
-from elt.samplers.early_exit import EarlyExit, dit_distance, snr_gain
+from elt.samplers.early_exit import Carry, EarlyExit, dit_distance, early_exit_predict, snr_gain, state_change
 from support.models import random_dit, tiny_maskgit
 
 
@@ -73,20 +73,76 @@ def test_the_batch_shrinks_as_samples_exit(name, criterion):
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.0])
-def test_state_criterion_exits_with_the_prediction_of_its_exit(cfg):
+@pytest.mark.parametrize("min_loops", [1, 3])
+def test_state_criterion_exits_with_the_prediction_of_its_exit(cfg, min_loops):
     """A sample that leaves after loop l gets exactly the plain sampler's loop-l prediction: with a
-    huge τ every sample leaves at min_loops, which is the plain sampler at that loop count."""
+    huge τ every sample leaves at min_loops, which is the plain sampler at that loop count (1: loop 1's
+    state is compared with the loop's input)."""
     model = family("dit", Lmax=4)
     stats = {}
-    rule = {"tau": 1e9, "criterion": "state", "min_loops": 3}
-    assert torch.equal(run(model, rule, loops=4, cfg=cfg, stats=stats), run(model, None, loops=3, cfg=cfg))
-    assert stats["loops"].eq(3).all() and stats["heads"].eq(1).all()
+    rule = {"tau": 1e9, "criterion": "state", "min_loops": min_loops}
+    assert torch.equal(run(model, rule, loops=4, cfg=cfg, stats=stats), run(model, None, loops=min_loops, cfg=cfg))
+    assert stats["loops"].eq(min_loops).all() and stats["heads"].eq(1).all()
+
+
+def test_state_snr_from_loop_one_leaves_after_one_loop_only_where_the_step_gains_little_snr():
+    """With min_loops 1 the state criteria also measure loop 1 (against the embedded input): a τ
+    between the first and the last steps' weighted changes lets samples leave after one loop at the
+    noisiest steps, never at the last, and τ = 0 is still the plain sampler."""
+    model, steps = random_dit(Lmax=4).eval(), 8
+    assert torch.equal(run(model, {"tau": 0.0, "criterion": "state_snr", "min_loops": 1}, loops=4, steps=steps),
+                       run(model, None, loops=4, steps=steps))
+    probe = EarlyExit(tau=0.0, criterion="state_snr", min_loops=1, record=[])
+    run(model, probe, loops=4, steps=steps)
+    assert all(len(step) == 4 for step in probe.record)  # input→1, 1→2, 2→3, 3→4
+    first, later = probe.record[0][0], probe.record[-2][0]
+    assert first < later  # the same kind of change weighs less at high noise
+    stats = {}
+    run(model, {"tau": (first * later) ** 0.5, "criterion": "state_snr", "min_loops": 1}, loops=4, steps=steps, stats=stats)
+    ran = stats["loops"]
+    assert ran[:, 0].eq(1).all() and ran[:, -1].eq(4).all()
+
+
+def test_a_carried_exit_reads_the_later_loops_of_its_refresh_step():
+    """After a refresh step, a sample leaving after loop l on the same input gets the full-L prediction
+    back (up to rounding): its state plus what loops l + 1..L added at the refresh."""
+    model = random_dit(Lmax=4).eval()
+    inputs = {"z": torch.randn(3, *model.autoencoder.latent_shape), "t": torch.full((3,), 0.6), "labels": torch.tensor([0, 1, 2])}
+    carry, rule = Carry(2), EarlyExit(tau=1e9, criterion="state", min_loops=1, refresh=2)
+    with torch.no_grad():
+        full, ran, _ = early_exit_predict(model, inputs, 4, 2.0, rule, state_change, model.x0_of, carry, step=0)
+        assert ran.eq(4).all()  # a refresh step: nobody leaves, whatever τ
+        carried, ran, heads = early_exit_predict(model, inputs, 4, 2.0, rule, state_change, model.x0_of, carry, step=1)
+        plain, _, _ = early_exit_predict(model, inputs, 4, 2.0, EarlyExit(tau=1e9, criterion="state", min_loops=1),
+                                         state_change, model.x0_of)
+    assert ran.eq(1).all() and heads.eq(1).all()
+    torch.testing.assert_close(carried, full, rtol=1e-5, atol=1e-5)
+    assert (plain - full).abs().max() > 100 * (carried - full).abs().max()  # loop 1 alone is far from it
+
+
+def test_refresh_runs_every_loop_on_its_steps_and_carries_between_them():
+    """τ = 0 with refresh is the plain sampler bit for bit; a huge τ leaves after min_loops between the
+    refresh steps only, and the carried later loops bring the samples nearer the plain L = 4 sampler's
+    than the same loop plan without them (the change the later loops make drifts slowly over steps)."""
+    model, steps, y = random_dit(Lmax=4).eval(), 16, torch.arange(6)
+    assert torch.equal(run(model, {"tau": 0.0, "criterion": "state", "min_loops": 1, "refresh": 2}, loops=4, steps=steps, y=y),
+                       run(model, None, loops=4, steps=steps, y=y))
+    stats = {}
+    carried = run(model, {"tau": 1e9, "criterion": "state", "min_loops": 1, "refresh": 2}, loops=4, steps=steps, y=y,
+                  stats=stats)
+    plan = [4 if i % 2 == 0 else 1 for i in range(steps)]
+    assert stats["loops"].eq(torch.tensor(plan)).all() and stats["heads"].eq(1).all()
+    plain, skipped = run(model, None, loops=4, steps=steps, y=y), run(model, None, loops=plan, steps=steps, y=y)
+    assert (carried - plain).norm() < 0.5 * (skipped - plain).norm()
 
 
 def test_bad_early_exit_settings_are_named():
     model = family("maskgit")
     for spec, fragment in [({"tau": -1}, "tau must be a number >= 0"), ({"taux": 1}, "must give tau"),
-                           ({"tau": 0.1, "min_loops": 1}, "min_loops must be an integer >= 2"),
+                           ({"tau": 0.1, "min_loops": 0}, "min_loops must be an integer >= 1"),
+                           ({"tau": 0.1, "min_loops": 1}, "min_loops 1 needs a state criterion"),
+                           ({"tau": 0.1, "refresh": 2}, "refresh carries backbone states over and needs a state criterion"),
+                           ({"tau": 0.1, "criterion": "state", "refresh": 1}, "refresh must be 0 .off. or an integer >= 2"),
                            ({"tau": 0.1, "criterion": "rel"}, "not one of maskgit's")]:
         with pytest.raises(schedules.ScheduleError, match=fragment):
             run(model, spec)
@@ -97,9 +153,10 @@ HEAD_FREE = ["state", "state_snr"]
 
 @pytest.mark.parametrize("kind", S.SAMPLERS)
 @pytest.mark.parametrize("criterion", HEAD_FREE)
-def test_head_free_criteria_read_no_extra_head_and_stop_samples_with_every_solver(kind, criterion):
+@pytest.mark.parametrize("options", [{}, {"min_loops": 1, "refresh": 2}])
+def test_head_free_criteria_read_no_extra_head_and_stop_samples_with_every_solver(kind, criterion, options):
     """The head (``readout``) reads no more rows than the plain sampler's, samples still leave early,
-    and τ = 0 is the plain sampler bit for bit, whatever the solver."""
+    and τ = 0 is the plain sampler bit for bit, whatever the solver (and with the later loops carried)."""
     model = random_dit(Lmax=4).eval()
     rows = []
     real = model.readout
@@ -112,13 +169,13 @@ def test_head_free_criteria_read_no_extra_head_and_stop_samples_with_every_solve
         return out, sum(rows)
 
     plain, plain_rows = go(None)
-    same, same_rows = go({"tau": 0.0, "criterion": criterion})
+    same, same_rows = go({"tau": 0.0, "criterion": criterion, **options})
     assert torch.equal(same, plain) and same_rows == plain_rows
-    probe = EarlyExit(tau=0.0, criterion=criterion, record=[])
+    probe = EarlyExit(tau=0.0, criterion=criterion, record=[], **options)
     go(probe)
     finite = [d for step in probe.record for d in step if d < float("inf")]
     stats = {}
-    _, exit_rows = go({"tau": statistics.median(finite), "criterion": criterion}, stats)
+    _, exit_rows = go({"tau": statistics.median(finite), "criterion": criterion, **options}, stats)
     assert exit_rows <= plain_rows and stats["heads"].eq(1).all()
     assert stats["loops"].float().mean() < 4  # samples stopped
 

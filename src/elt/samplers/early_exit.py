@@ -32,36 +32,55 @@ class EarlyExit:
     ``state`` (the RMS change of the layer-normed backbone state, what the head reads: no head is read
     but the one at the exit) or ``state_snr`` (``state`` times the SNR the step gains, for every
     solver: reads no extra head and exits early at high noise).
-    ``min_loops``: the earliest exit (≥ 2: loop 1 has nothing to compare with). ``record``: a list
-    to which every step appends the batch-mean distance at each loop (profiling, no exits if tau=0).
+    ``min_loops``: the earliest exit: ≥ 2 for the head criteria (loop 1's head has none before it to
+    compare with); the state criteria may take 1, comparing loop 1's state with the loop's input (the
+    embedded tokens), so that ``state_snr`` lets samples leave after one loop at the noisiest steps,
+    where a looped DiT's later loops change little that matters. ``refresh`` (state criteria; 0: off):
+    every ``refresh``-th sampling step runs every sample's loops to the end and keeps what the loops
+    after each l added to its state; at the steps between, a sample leaving after loop l gets that
+    change added to its state before the head reads it. The later loops' contribution drifts slowly
+    from one step to the next, so the carried one stands in for the loops skipped (see
+    docs/anytime.md). ``record``: a list to which every step appends the batch-mean distance at each
+    loop (profiling, no exits if tau=0).
     """
 
     tau: float
     criterion: str | None = None
     min_loops: int = 2
+    refresh: int = 0
     record: list | None = None
 
     CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise", "state", "state_snr")}
+    ON_STATE = ("state", "state_snr")  # decided on backbone states: may exit after loop 1
 
     def __post_init__(self):
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 0:
             raise ScheduleError(f"early_exit.tau must be a number >= 0, got {self.tau!r}")
-        if not is_int(self.min_loops) or self.min_loops < 2:
-            raise ScheduleError(f"early_exit.min_loops must be an integer >= 2, got {self.min_loops!r}")
+        if not is_int(self.min_loops) or self.min_loops < 1:
+            raise ScheduleError(f"early_exit.min_loops must be an integer >= 1, got {self.min_loops!r}")
+        if self.min_loops == 1 and self.criterion not in self.ON_STATE:
+            raise ScheduleError(f"early_exit.min_loops 1 needs a state criterion ({', '.join(self.ON_STATE)}): "
+                                f"criterion {self.criterion or 'default'} compares heads, and loop 1's has none before it")
+        if not is_int(self.refresh) or self.refresh < 0 or self.refresh == 1:
+            raise ScheduleError(f"early_exit.refresh must be 0 (off) or an integer >= 2 (every refresh-th step runs "
+                                f"every loop), got {self.refresh!r}")
+        if self.refresh and self.criterion not in self.ON_STATE:
+            raise ScheduleError(f"early_exit.refresh carries backbone states over and needs a state criterion "
+                                f"({', '.join(self.ON_STATE)}), not {self.criterion or 'the default'}")
         self.tau = float(self.tau)
 
     @classmethod
     def from_spec(cls, spec) -> "EarlyExit | None":
-        """None, a number (tau), a mapping {tau, criterion, min_loops} or an EarlyExit."""
+        """None, a number (tau), a mapping {tau, criterion, min_loops, refresh} or an EarlyExit."""
         if spec is None or isinstance(spec, cls):
             return spec
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
             return cls(tau=spec)
         if hasattr(spec, "keys"):
             spec = dict(spec)
-            unknown = set(spec) - {"tau", "criterion", "min_loops"}
+            unknown = set(spec) - {"tau", "criterion", "min_loops", "refresh"}
             if unknown or "tau" not in spec:
-                raise ScheduleError(f"early_exit must give tau (and optionally criterion, min_loops), got {sorted(spec)}")
+                raise ScheduleError(f"early_exit must give tau (and optionally criterion, min_loops, refresh), got {sorted(spec)}")
             return cls(**spec)
         raise ScheduleError(f"early_exit must be null, a number tau or a mapping {{tau: ..}}, got {spec!r}")
 
@@ -83,7 +102,8 @@ def _start(model, inputs: dict, cfg_scale: float):
     return b, pair, feed, x, cond, model.backbone.modulations(cond), active, torch.zeros_like(active)
 
 
-def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: EarlyExit, distance, post=None):
+def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: EarlyExit, distance, post=None,
+                       carry: "Carry | None" = None, step: int = 0):
     """``model.guided_predict`` at most ``loops`` loops, each sample stopping at its own exit.
 
     Loop by loop on the still-active rows only (under guidance, a sample's conditional and
@@ -91,11 +111,12 @@ def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     ``distance(prev, cur, idx)`` (per active sample; ``idx`` their batch indices) is below
     ``rule.tau`` keeps its exit-l prediction and leaves the batch, so later loops run on fewer
     rows. Heads are read only where a decision needs them (none before the last loop when
-    tau=0 and nothing is recorded, which is then ``guided_predict`` exactly).
+    tau=0 and nothing is recorded, which is then ``guided_predict`` exactly). ``carry``, ``step``: the
+    state criteria's carried-over later loops (``rule.refresh``) and the sampling step.
     -> (prediction [B, ...], loops run [B], heads read [B])."""
     post = post or guidance.as_float
     if getattr(distance, "on_state", False):
-        return state_exit_predict(model, inputs, loops, cfg_scale, rule, distance, post)
+        return state_exit_predict(model, inputs, loops, cfg_scale, rule, distance, post, carry, step)
     b, pair, feed, x, cond, mods, active, ran = _start(model, inputs, cfg_scale)
     x0, bb, dev = x, model.backbone, x.device
     heads = torch.zeros(b, dtype=torch.long, device=dev)
@@ -136,48 +157,78 @@ def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     return out, ran, heads
 
 
-def state_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: EarlyExit, distance, post):
+def state_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: EarlyExit, distance, post,
+                       carry: "Carry | None" = None, step: int = 0):
     """``early_exit_predict`` deciding on the backbone states: after loop l ≥ ``rule.min_loops`` a
-    sample whose state changed by less than τ leaves, and the head is read once, at its exit.
-    Under guidance a sample's state is its conditional and null-class rows together."""
+    sample whose state changed by less than τ since loop l − 1 (loop 1: since the loop's input) leaves,
+    and the head is read once, at its exit. Under guidance a sample's state is its conditional and
+    null-class rows together. With ``carry`` (``rule.refresh``), a refresh step lets no sample leave
+    and keeps its later loops' change; between refreshes a leaving sample's state gets it added."""
     b, pair, feed, x, cond, mods, active, ran = _start(model, inputs, cfg_scale)
-    x0, bb, dev = x, model.backbone, x.device
-    out, prev, trace = None, None, []
+    x0, bb, dev, loops = x, model.backbone, x.device, int(loops)
+    full = carry is not None and carry.refreshing(step, loops)
+    probing = (rule.tau > 0 and not full) or rule.record is not None
+    out, prev, trace = None, (x if probing and rule.min_loops == 1 else None), []  # loop 1 against its input
+    states, origin = [], torch.arange(len(x), device=dev)  # a refresh's states; each row's row at the start
 
-    def read(rows, idx):
+    def read(rows, idx, loop):
         nonlocal out
         sub = {k: v[rows] for k, v in feed.items()}
-        pred = guidance.combine(post(model.readout(x[rows], None if cond is None else cond[rows]), sub), cfg_scale)
+        h = x[rows] if carry is None or full or loop == loops else carry.add(x[rows], loop, origin[rows])
+        pred = guidance.combine(post(model.readout(h, None if cond is None else cond[rows]), sub), cfg_scale)
         if out is None:
             out = torch.empty((b, *pred.shape[1:]), dtype=pred.dtype, device=dev)
         out[idx] = pred
 
-    for loop in range(1, int(loops) + 1):
+    for loop in range(1, loops + 1):
         x = bb.apply_loop(x, loop, mods, x0)
         ran[active] += 1
-        last = loop == int(loops)
+        last = loop == loops
+        if full:
+            states.append(x)
         if prev is not None and loop >= rule.min_loops and (not last or rule.record is not None):
             dist = distance(prev, x, active)
             if rule.record is not None:
                 trace.append(float(dist.float().mean()))
             done = dist < rule.tau
-            if not last and done.any():
-                read(done.repeat(pair), active[done])
+            if not (last or full) and done.any():
+                read(done.repeat(pair), active[done], loop)
                 keep = ~done
                 rows = keep.repeat(pair)
                 active, x, x0, mods = active[keep], x[rows], x0[rows], bb.select_mods(mods, rows)
+                origin = origin[rows]
                 cond = None if cond is None else cond[rows]
                 feed = {k: v[rows] for k, v in feed.items()}
                 if not len(active):
                     break
         if last:
-            read(torch.ones(len(x), dtype=torch.bool, device=dev), active)
+            read(torch.ones(len(x), dtype=torch.bool, device=dev), active, loop)
             break
-        if rule.tau > 0 or rule.record is not None:
+        if probing:
             prev = x
+    if full:
+        carry.keep(states)
     if rule.record is not None:
         rule.record.append(trace)
     return out, ran, torch.ones(b, dtype=torch.long, device=dev)
+
+
+class Carry:
+    """The later loops' change of every row's state at the last refresh step: ``gaps[l − 1]`` = h_L −
+    h_l, what loops l + 1..L added after loop l. A step refreshes every ``every`` steps, and also
+    where nothing is kept yet or its loop count differs from the kept one's (the gaps are per L)."""
+
+    def __init__(self, every: int):
+        self.every, self.gaps = int(every), None
+
+    def refreshing(self, step: int, loops: int) -> bool:
+        return step % self.every == 0 or self.gaps is None or len(self.gaps) != loops - 1
+
+    def keep(self, states: list) -> None:
+        self.gaps = [states[-1] - h for h in states[:-1]]
+
+    def add(self, h: torch.Tensor, loop: int, rows: torch.Tensor) -> torch.Tensor:
+        return h + self.gaps[loop - 1][rows].to(h.dtype)
 
 
 class StepLoops:
@@ -194,6 +245,7 @@ class StepLoops:
         self.step_of = list(range(steps)) if evals is None else list(evals)
         self.ran = torch.zeros(batch, len(self.step_of), dtype=torch.long, device=device)
         self.heads = torch.ones(batch, len(self.step_of), dtype=torch.long, device=device)
+        self.carry = Carry(self.rule.refresh) if self.rule is not None and self.rule.refresh else None
 
     def predict(self, model, e: int, inputs: dict, cfg_scale: float, distance, post=None) -> torch.Tensor:
         """Evaluation ``e``'s guided prediction; ``distance`` is the family's criterion (used under early exit)."""
@@ -202,7 +254,7 @@ class StepLoops:
             self.ran[:, e] = loops
             return model.guided_predict(inputs, loops, cfg_scale, post)
         out, self.ran[:, e], self.heads[:, e] = early_exit_predict(
-            model, inputs, loops, cfg_scale, self.rule, distance, post)
+            model, inputs, loops, cfg_scale, self.rule, distance, post, self.carry, self.step_of[e])
         return out
 
     def report(self, stats: dict | None) -> None:
