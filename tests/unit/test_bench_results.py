@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import anytime  # noqa: E402
+import gemm_ceiling  # noqa: E402
 import ilsd_overhead  # noqa: E402
 import solvers  # noqa: E402
 
@@ -59,3 +60,15 @@ def test_anytime_gain_tests_over_seeds_and_separates_the_sampler_from_the_schedu
     md = anytime.render({"x": {"pareto": pareto}})
     assert "| +33.3% | better, p < 0.001 | met |" in md
     assert "- x: guided L=1: 1.2 GFLOPs, 25 ± 1 (the best searched point is +20.0% against it)" in md
+
+
+def test_gemm_ceiling_counts_a_dit_s_blocks_matmuls_and_weighs_them_by_time():
+    """The shapes are one DiT-S/2 block at batch 8 (backward = 2 forwards, as dit_official counts), and the
+    ceiling is the matmuls' FLOPs over their summed time, not a mean of their shares."""
+    fwd = sum(gemm_ceiling.runner(shape, torch.float32)[1] * n for _, p, shape, n in gemm_ceiling.shapes() if p == "fwd")
+    bwd = sum(gemm_ceiling.runner(shape, torch.float32)[1] * n for _, p, shape, n in gemm_ceiling.shapes() if p == "bwd")
+    tokens, w = 8 * 256, 384
+    assert fwd == 2 * tokens * (w * 3 * w + w * w + 2 * w * 4 * w) + 2 * 2 * (8 * 6) * 256 * 256 * (w // 6)
+    assert bwd == 2 * fwd
+    rows = [{"pass": "fwd", "gflops": 9.0, "count": 1, "share": 1.0}, {"pass": "fwd", "gflops": 1.0, "count": 1, "share": 0.25}]
+    assert abs(gemm_ceiling.ceiling(rows, ("fwd",)) - 10 / 13) < 1e-12  # 9 + 4 time units for 10 FLOP units
