@@ -5,7 +5,8 @@ that share from above: every matmul of one DiT-S/2 block at batch 8 (2048 tokens
 forward and backward, is timed alone on the kernel DiT-ELT runs it with (linears: ``elt.runtime.kernels``,
 oneDNN where available; attention: ``torch.matmul`` on [B·heads, tokens, 64], as the explicit attention
 form does), and their FLOPs over their summed time is the share the network would reach if everything
-that is not a matmul (softmax, norms, GELU, modulation, copies) cost nothing. The per-block linears and
+that is not a matmul (softmax, norms, GELU, modulation, copies) cost nothing. What-if rows time the
+attention matmuls as one oneDNN GEMM per batch-head instead, the one faster form found. The per-block linears and
 attention matmuls are over 99% of DiT-S/2's FLOPs; the embeddings, adaLN and final layer are left out.
 Results: benchmarks/results/gemm_ceiling.{json,md}.
 
@@ -47,6 +48,9 @@ def shapes() -> list[tuple[str, str, tuple[int, ...], int]]:
     out.append(("p·v", "fwd", ("bmm", BH, SEQ, SEQ, HEAD_DIM), 1))
     out.append(("attention dP, dS·k", "bwd", ("bmm", BH, SEQ, HEAD_DIM, SEQ), 1))  # dO·vᵀ: K = 64
     out.append(("attention dV, dQ, dK", "bwd", ("bmm", BH, SEQ, SEQ, HEAD_DIM), 3))  # N = 64
+    # not what DiT-ELT runs: the same attention matmuls as one oneDNN call per batch-head (what-if rows)
+    out.append(("q·kᵀ per head", "what-if", ("per-head", BH, SEQ, HEAD_DIM, SEQ), 1))
+    out.append(("p·v per head", "what-if", ("per-head", BH, SEQ, SEQ, HEAD_DIM), 1))
     return out
 
 
@@ -57,8 +61,11 @@ def runner(shape: tuple, dtype: torch.dtype):
         _, m, k, n = shape
         x, w = torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
         return (lambda: kernels.linear(x, w)), 2 * m * k * n
-    _, b, m, k, n = shape
+    op, b, m, k, n = shape
     a, c = torch.randn(b, m, k, generator=g).to(dtype), torch.randn(b, k, n, generator=g).to(dtype)
+    if op == "per-head":  # one oneDNN GEMM per batch-head: a[i] · c[i] as a linear with weight c[i]ᵀ
+        ct = c.transpose(1, 2).contiguous()
+        return (lambda: [kernels.onednn_linear(a[i], ct[i]) for i in range(b)]), 2 * b * m * k * n
     return (lambda: torch.matmul(a, c)), 2 * b * m * k * n
 
 
@@ -88,10 +95,15 @@ def measure(dtype: torch.dtype, reps: int) -> list[dict]:
     return rows
 
 
-def ceiling(rows: list[dict], passes: tuple[str, ...]) -> float:
-    """The matmuls' FLOPs over their time (each share-weighted), as a share of the peak."""
+def ceiling(rows: list[dict], passes: tuple[str, ...], attention_share: float | None = None) -> float:
+    """The matmuls' FLOPs over their time (each share-weighted), as a share of the peak; ``attention_share``:
+    every attention matmul at that share instead (the what-if of per-head oneDNN calls)."""
     use = [r for r in rows if r["pass"] in passes]
-    return sum(r["gflops"] * r["count"] for r in use) / sum(r["gflops"] * r["count"] / r["share"] for r in use)
+
+    def share(r):
+        return attention_share if attention_share is not None and r["op"] != "linear" else r["share"]
+
+    return sum(r["gflops"] * r["count"] for r in use) / sum(r["gflops"] * r["count"] / share(r) for r in use)
 
 
 def main(argv=None):
@@ -111,11 +123,14 @@ def main(argv=None):
     summary = []
     for dt in {r["dtype"]: None for r in rows}:
         mine = [r for r in rows if r["dtype"] == dt]
+        per_head = statistics.median(r["share"] for r in mine if r["pass"] == "what-if")
         summary.append({"dtype": dt, "forward": ceiling(mine, ("fwd",)), "forward+backward": ceiling(mine, ("fwd", "bwd")),
-                        "linears only": ceiling([r for r in mine if r["op"] == "linear"], ("fwd", "bwd"))})
-    table += table_lines(["dtype", "ceiling: forward", "ceiling: forward + backward", "linears alone (fwd + bwd)"],
-                         [[s["dtype"], f"{s['forward']:.2f}", f"{s['forward+backward']:.2f}", f"{s['linears only']:.2f}"]
-                          for s in summary])
+                        "linears only": ceiling([r for r in mine if r["op"] == "linear"], ("fwd", "bwd")),
+                        "per-head attention": ceiling(mine, ("fwd", "bwd"), per_head)})
+    table += table_lines(["dtype", "ceiling: forward", "ceiling: forward + backward", "linears alone (fwd + bwd)",
+                          "fwd + bwd, attention matmuls per head on oneDNN (what-if)"],
+                         [[s["dtype"], f"{s['forward']:.2f}", f"{s['forward+backward']:.2f}", f"{s['linears only']:.2f}",
+                           f"{s['per-head attention']:.2f}"] for s in summary])
     write_results(args.out, {"reps": args.reps, "ceilings": summary}, rows, table)
 
 
