@@ -74,8 +74,8 @@ STATE_TAUS = [0.05, 0.07, 0.1, 0.13, 0.16, 0.2]
 STATE_SNR_TAUS = [0.006, 0.01, 0.013, 0.016, 0.02, 0.025]
 # early-exit settings measured under a name of their own (the entries' "criterion"): state_snr from loop 1 on,
 # with the later loops carried over from a full step every 4 (elt.samplers.early_exit.Carry). Its exits cost
-# far less, so its τ reach higher (held-out draws, seeds 100-102: refresh 2 and 3 saved 20-33% at +0.6-1.2%,
-# 4 saved 41% at +0.8% on moving digits and 29% at -0.4% with refresh 3 on digits)
+# far less, so its τ reach higher (held-out draws, seeds 100-102, moving digits: refresh 2 and 3 saved 20-33%
+# at +0.6-1.2%, 4 saved 41-46% at +0.7-0.8%; digits: refresh 3 29% at -0.4%, 4 40.5% at -1.6%)
 EXIT_RULES = {"carry": {"criterion": "state_snr", "min_loops": 1, "refresh": 4}}
 CARRY_TAUS = [0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5]
 # steps searched (the config's K and around it; the budget drops what costs more than L = Lmax at K),

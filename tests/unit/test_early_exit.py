@@ -103,21 +103,43 @@ def test_state_snr_from_loop_one_leaves_after_one_loop_only_where_the_step_gains
     assert ran[:, 0].eq(1).all() and ran[:, -1].eq(4).all()
 
 
-def test_a_carried_exit_reads_the_later_loops_of_its_refresh_step():
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_a_carried_exit_reads_the_later_loops_of_its_own_row(cfg):
     """After a refresh step, a sample leaving after loop l on the same input gets the full-L prediction
-    back (up to rounding): its state plus what loops l + 1..L added at the refresh."""
-    model = random_dit(Lmax=4).eval()
-    inputs = {"z": torch.randn(3, *model.autoencoder.latent_shape), "t": torch.full((3,), 0.6), "labels": torch.tensor([0, 1, 2])}
-    carry, rule = Carry(2), EarlyExit(tau=1e9, criterion="state", min_loops=1, refresh=2)
-    with torch.no_grad():
-        full, ran, _ = early_exit_predict(model, inputs, 4, 2.0, rule, state_change, model.x0_of, carry, step=0)
-        assert ran.eq(4).all()  # a refresh step: nobody leaves, whatever τ
-        carried, ran, heads = early_exit_predict(model, inputs, 4, 2.0, rule, state_change, model.x0_of, carry, step=1)
-        plain, _, _ = early_exit_predict(model, inputs, 4, 2.0, EarlyExit(tau=1e9, criterion="state", min_loops=1),
-                                         state_change, model.x0_of)
-    assert ran.eq(1).all() and heads.eq(1).all()
+    back (up to rounding): its state plus what loops l + 1..L added to its own rows at the refresh, also
+    when samples leave at different loops and the batch (both guidance halves) shrinks between them."""
+    model, b = random_dit(Lmax=4).eval(), 8
+    inputs = {"z": torch.randn(b, *model.autoencoder.latent_shape), "t": torch.full((b,), 0.6), "labels": torch.arange(b)}
+
+    def go(rule, carry=None, step=0):
+        with torch.no_grad():
+            return early_exit_predict(model, inputs, 4, cfg, rule, state_change, model.x0_of, carry, step)
+
+    probe = EarlyExit(tau=0.0, criterion="state", min_loops=1, record=[])
+    go(probe)
+    rule = EarlyExit(tau=probe.record[0][0], criterion="state", min_loops=1, refresh=2)  # loop 1's batch mean
+    carry = Carry(2)
+    full, ran, _ = go(rule, carry, step=0)
+    assert ran.eq(4).all()  # a refresh step: nobody leaves, whatever τ
+    carried, ran, heads = go(rule, carry, step=1)
+    assert len(set(ran.tolist())) > 1 and ran.min() == 1 and heads.eq(1).all()  # left at different loops
     torch.testing.assert_close(carried, full, rtol=1e-5, atol=1e-5)
-    assert (plain - full).abs().max() > 100 * (carried - full).abs().max()  # loop 1 alone is far from it
+    plain, _, _ = go(EarlyExit(tau=rule.tau, criterion="state", min_loops=1))
+    assert (plain - full).abs().max() > 100 * (carried - full).abs().max()  # the exits alone are far from it
+
+
+def test_refresh_under_a_guidance_interval_refreshes_where_the_rows_change():
+    """Steps inside ``cfg_interval`` run twice the rows of those outside: the gaps kept on one kind of
+    step do not fit the other, so the first step of each kind after a change runs every loop again."""
+    model, steps = random_dit(Lmax=4).eval(), 8
+    lams = D.step_grid(model.schedule, steps, "t")[1]
+    stats = {}
+    model.sample(torch.arange(6), 4, generator=torch.Generator().manual_seed(2), steps=steps, cfg_scale=2.0,
+                 cfg_interval=[float(lams[2]), float(lams[5])], stats=stats,
+                 early_exit={"tau": 1e9, "criterion": "state", "min_loops": 1, "refresh": 4})
+    guided = [bool(float(lams[2]) <= float(lams[i]) <= float(lams[5])) for i in range(steps)]
+    plan = [4 if i % 4 == 0 or guided[i] != guided[i - 1] else 1 for i in range(steps)]
+    assert guided != [guided[0]] * steps and stats["loops"].eq(torch.tensor(plan)).all()
 
 
 def test_refresh_runs_every_loop_on_its_steps_and_carries_between_them():

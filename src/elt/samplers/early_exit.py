@@ -166,7 +166,7 @@ def state_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     and keeps its later loops' change; between refreshes a leaving sample's state gets it added."""
     b, pair, feed, x, cond, mods, active, ran = _start(model, inputs, cfg_scale)
     x0, bb, dev, loops = x, model.backbone, x.device, int(loops)
-    full = carry is not None and carry.refreshing(step, loops)
+    full = carry is not None and rule.tau > 0 and carry.refreshing(step, loops, len(x))
     probing = (rule.tau > 0 and not full) or rule.record is not None
     out, prev, trace = None, (x if probing and rule.min_loops == 1 else None), []  # loop 1 against its input
     states, origin = [], torch.arange(len(x), device=dev)  # a refresh's states; each row's row at the start
@@ -216,15 +216,18 @@ def state_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
 class Carry:
     """The later loops' change of every row's state at the last refresh step: ``gaps[l − 1]`` = h_L −
     h_l, what loops l + 1..L added after loop l. A step refreshes every ``every`` steps, and also
-    where nothing is kept yet or its loop count differs from the kept one's (the gaps are per L)."""
+    where nothing is kept yet, or its loop count or row count differs from the kept one's (the gaps
+    are per L, and per row: a guidance interval doubles the rows of the steps inside it)."""
 
     def __init__(self, every: int):
         self.every, self.gaps = int(every), None
 
-    def refreshing(self, step: int, loops: int) -> bool:
-        return step % self.every == 0 or self.gaps is None or len(self.gaps) != loops - 1
+    def refreshing(self, step: int, loops: int, rows: int) -> bool:
+        return (step % self.every == 0 or self.gaps is None or len(self.gaps) != loops - 1
+                or (loops > 1 and len(self.gaps[0]) != rows))
 
     def keep(self, states: list) -> None:
+        self.gaps = None  # the old gaps go before the new ones are made: at most L + (L − 1) states at once
         self.gaps = [states[-1] - h for h in states[:-1]]
 
     def add(self, h: torch.Tensor, loop: int, rows: torch.Tensor) -> torch.Tensor:
