@@ -62,13 +62,18 @@ def test_anytime_gain_tests_over_seeds_and_separates_the_sampler_from_the_schedu
     assert "- x: guided L=1: 1.2 GFLOPs, 25 ± 1 (the best searched point is +20.0% against it)" in md
 
 
-def test_gemm_ceiling_counts_a_dit_s_blocks_matmuls_and_weighs_them_by_time():
-    """The shapes are one DiT-S/2 block at batch 8 (backward = 2 forwards, as dit_official counts), and the
-    ceiling is the matmuls' FLOPs over their summed time, not a mean of their shares."""
-    fwd = sum(gemm_ceiling.runner(shape, torch.float32)[1] * n for _, p, shape, n in gemm_ceiling.shapes() if p == "fwd")
-    bwd = sum(gemm_ceiling.runner(shape, torch.float32)[1] * n for _, p, shape, n in gemm_ceiling.shapes() if p == "bwd")
+def test_gemm_ceiling_counts_a_dit_s_blocks_flops_and_weighs_them_by_time():
+    """The rows are one DiT-S/2 block at batch 8 (backward = 2 forwards, as dit_official counts), and the
+    ceiling is the rows' FLOPs over their summed time, not a mean of their shares."""
+    flops = {}
+    for _, kind, shape, n in gemm_ceiling.shapes():
+        flops.setdefault((shape[0], kind), 0)
+        flops[(shape[0], kind)] += gemm_ceiling.runner(shape, torch.float32)[1] * n
     tokens, w = 8 * 256, 384
-    assert fwd == 2 * tokens * (w * 3 * w + w * w + 2 * w * 4 * w) + 2 * 2 * (8 * 6) * 256 * 256 * (w // 6)
-    assert bwd == 2 * fwd
-    rows = [{"pass": "fwd", "gflops": 9.0, "count": 1, "share": 1.0}, {"pass": "fwd", "gflops": 1.0, "count": 1, "share": 0.25}]
-    assert abs(gemm_ceiling.ceiling(rows, ("fwd",)) - 10 / 13) < 1e-12  # 9 + 4 time units for 10 FLOP units
+    linears, attention = 2 * tokens * (w * 3 * w + w * w + 2 * w * 4 * w), 2 * 2 * (8 * 6) * 256 * 256 * (w // 6)
+    assert flops[("linear", "fwd")] == linears and flops[("linear", "bwd")] == 2 * linears
+    assert flops[("attention", "fwd")] == attention and flops[("attention-grad", "fwd+bwd")] == 3 * attention
+    assert flops[("bmm", "what-if")] == flops[("per-head", "what-if")] == attention
+    rows = [{"op": "linear", "gflops": 9.0, "count": 1, "share": 1.0}, {"op": "attention", "gflops": 1.0, "count": 1, "share": 0.25}]
+    assert abs(gemm_ceiling.ceiling(rows) - 10 / 13) < 1e-12  # 9 + 4 time units for 10 FLOP units
+    assert abs(gemm_ceiling.ceiling(rows, attention_share=0.5) - 10 / 11) < 1e-12
