@@ -51,7 +51,7 @@ class EarlyExit:
     record: list | None = None
 
     CRITERIA = {"maskgit": ("commit", "kl"), "dit": ("rel", "noise", "state", "state_snr")}
-    ON_STATE = ("state", "state_snr")  # decided on backbone states: may exit after loop 1
+    ON_STATE = ("state", "state_snr")  # decided on backbone states (state_exit_predict): may exit after loop 1
 
     def __post_init__(self):
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau >= 0:
@@ -115,7 +115,7 @@ def early_exit_predict(model, inputs: dict, loops: int, cfg_scale: float, rule: 
     state criteria's carried-over later loops (``rule.refresh``) and the sampling step.
     -> (prediction [B, ...], loops run [B], heads read [B])."""
     post = post or guidance.as_float
-    if getattr(distance, "on_state", False):
+    if rule.criterion in EarlyExit.ON_STATE:
         return state_exit_predict(model, inputs, loops, cfg_scale, rule, distance, post, carry, step)
     b, pair, feed, x, cond, mods, active, ran = _start(model, inputs, cfg_scale)
     x0, bb, dev = x, model.backbone, x.device
@@ -320,20 +320,14 @@ def state_change(prev, cur, idx) -> torch.Tensor:
     return (per_sample(cur) - per_sample(prev)).pow(2).mean(1).sqrt()
 
 
-state_change.on_state = True  # early_exit_predict: decided on backbone states, not on read-out heads
-
-
 def scaled_state_change(weight):
     """DiT ``state_snr``: ``state`` times the step's ``snr_gain`` (``None``: the last step, whose gain
     is infinite, so nothing exits there). The gain, not its root (``noise``'s weight): a state's change
     predicts x̂0's less well than x̂0's own change does, so its exits are kept nearer high noise, where
     a wrong one costs least (measured: docs/anytime.md)."""
     if weight is None:
-        dist = lambda prev, cur, idx: torch.full((len(idx),), math.inf, device=cur.device)  # noqa: E731
-    else:
-        dist = lambda prev, cur, idx: weight * state_change(prev, cur, idx)  # noqa: E731
-    dist.on_state = True
-    return dist
+        return lambda prev, cur, idx: torch.full((len(idx),), math.inf, device=cur.device)
+    return lambda prev, cur, idx: weight * state_change(prev, cur, idx)
 
 
 def dit_distance(criterion: str | None, logsnrs, i: int, steps: int):
